@@ -57,6 +57,9 @@ def _normalize_attribute(name: str, value: Any) -> AttributeValue:
 def _attribute_key(value: AttributeValue) -> Any:
     if isinstance(value, np.ndarray):
         return ("tensor", tensor_key(value))
+    if isinstance(value, float):
+        # By bits, like tensors: a NaN attribute equals itself, and -0.0 differs from 0.0.
+        return ("float", np.float64(value).tobytes())
     # bool is an int in Python: tag values by type so True != 1 as attributes.
     return (type(value).__name__, value)
 
@@ -73,9 +76,10 @@ class Op:
         attributes: Mapping[str, Any] | None,
         result_type: TensorType,
     ) -> None:
-        attrs = tuple(
-            sorted((str(k), _normalize_attribute(k, v)) for k, v in (attributes or {}).items())
-        )
+        # Canonical attributes (defaults filled, one value per meaning) make ops
+        # that mean the same thing equal, and print and serialize the same.
+        canonical = primitives.canonical_attributes(primitive, attributes or {})
+        attrs = tuple(sorted((str(k), _normalize_attribute(k, v)) for k, v in canonical.items()))
         object.__setattr__(self, "primitive", primitive)
         object.__setattr__(self, "inputs", tuple(int(i) for i in inputs))
         object.__setattr__(self, "attributes", attrs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -294,7 +294,7 @@ class PlacementType(Type):
         self._finish(("placement",), "placement", 1)
 
 
-TypeLike = Union[Type, str, np.dtype, type, Sequence[Any], dict]
+TypeLike = Type | str | np.dtype | type | Sequence[Any] | dict
 
 
 def to_type(spec: Any) -> Type:

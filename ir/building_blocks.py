@@ -46,9 +46,8 @@ class BuildingBlock:
         children = self.children()
         object.__setattr__(self, "type_signature", type_signature)
         object.__setattr__(self, "_depth", 1 + max((c._depth for c in children), default=0))
-        object.__setattr__(
-            self, "_hash", hash((self.kind, local, type_signature, tuple(c._hash for c in children)))
-        )
+        child_hashes = tuple(c._hash for c in children)
+        object.__setattr__(self, "_hash", hash((self.kind, local, type_signature, child_hashes)))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")

@@ -19,6 +19,7 @@ from fedcc.ir.types import (
     FederatedType,
     FunctionType,
     PlacementLiteral,
+    PlacementType,
     SequenceType,
     StructType,
     TensorType,
@@ -83,6 +84,12 @@ def _function(
 def _accepts(uri: str, signature: str, found: Type | None, target: Type, source: Type) -> None:
     if not is_assignable_from(target, source):
         raise _fail(uri, signature, found, f"{source} is not assignable to {target}")
+
+
+def _check_unplaced_value(uri: str, sig: str, found: Type | None, t: Type, what: str) -> None:
+    for inner in walk_types(t):
+        if isinstance(inner, (FederatedType, FunctionType, PlacementType)):
+            raise _fail(uri, sig, found, f"{what} {t} must be an unplaced value, it holds {inner}")
 
 
 def _numeric_leaves(
@@ -229,8 +236,7 @@ for _uri, _what in (("federated_min", "minimum"), ("federated_max", "maximum")):
 def _aggregate(uri, sig, p):
     value, zero, accumulate, merge, report = _args(uri, sig, p, 5)
     value = _aggregate_input(uri, sig, p, value)
-    if isinstance(zero, (FederatedType, FunctionType)):
-        raise _fail(uri, sig, p, f"the zero {zero} must be an unplaced value")
+    _check_unplaced_value(uri, sig, p, zero, "the zero")
     accumulate = _function(uri, sig, p, accumulate, 1)
     merge = _function(uri, sig, p, merge, 1)
     report = _function(uri, sig, p, report, 1)
@@ -316,8 +322,7 @@ def _zip(uri, sig, p):
 )
 def _value_at_clients(uri, sig, p):
     (value,) = _args(uri, sig, p, 1)
-    if isinstance(value, (FederatedType, FunctionType)):
-        raise _fail(uri, sig, p, f"{value} is not an unplaced value")
+    _check_unplaced_value(uri, sig, p, value, "the value")
     return FederatedType(value, CLIENTS, all_equal=True)
 
 
@@ -330,8 +335,7 @@ def _value_at_clients(uri, sig, p):
 )
 def _value_at_server(uri, sig, p):
     (value,) = _args(uri, sig, p, 1)
-    if isinstance(value, (FederatedType, FunctionType)):
-        raise _fail(uri, sig, p, f"{value} is not an unplaced value")
+    _check_unplaced_value(uri, sig, p, value, "the value")
     return FederatedType(value, SERVER)
 
 
@@ -388,8 +392,7 @@ def _sequence_reduce(uri, sig, p):
     seq, zero, op = _args(uri, sig, p, 3)
     if not isinstance(seq, SequenceType):
         raise _fail(uri, sig, p, f"{seq} is not a sequence")
-    if isinstance(zero, (FederatedType, FunctionType)):
-        raise _fail(uri, sig, p, f"the zero {zero} must be an unplaced value")
+    _check_unplaced_value(uri, sig, p, zero, "the zero")
     op = _function(uri, sig, p, op, 1)
     _accepts(uri, sig, p, op.parameter, StructType([zero, seq.element]))
     _accepts(uri, sig, p, zero, op.result)

@@ -79,8 +79,11 @@ def parse_type(text: str) -> t.Type:
     try:
         return _parser().parse(text)
     except lark.exceptions.UnexpectedInput as error:
-        raise TypeSyntaxError(
-            caret_message(f"cannot parse type {text!r}", text, error.line, error.column)
-        ) from None
+        line, column, what = error.line, error.column, f"cannot parse type {text!r}"
+        if isinstance(error, lark.exceptions.UnexpectedToken) and error.token.type == "$END":
+            # lark reports the end of input at the last token; point past the text instead.
+            lines = text.split("\n")
+            line, column, what = len(lines), len(lines[-1]) + 1, f"{what}: it ends too early"
+        raise TypeSyntaxError(caret_message(what, text, line, column)) from None
     except FederatedTypeError as error:
         raise FederatedTypeError(f"invalid type {text!r}: {error}") from None

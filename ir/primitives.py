@@ -33,7 +33,7 @@ import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,6 +52,34 @@ class Attribute:
     default: Any = REQUIRED
 
 
+class GraphEmitter(Protocol):
+    """What a gradient rule emits ops through; `fedcc.ir.graph_builder.GraphBuilder` is one.
+
+    Values are SSA value numbers of the graph being built.
+    """
+
+    def op(self, primitive: str, *inputs: int, **attributes: Any) -> int:
+        """Appends `primitive(*inputs, **attributes)`; returns its value number."""
+        ...
+
+    def constant(self, value: Any, dtype: Any = None) -> int:
+        """A constant op for `value` (as an array of `dtype`); returns its value number."""
+        ...
+
+    def type_of(self, value: int) -> TensorType:
+        """The type of a value."""
+        ...
+
+
+# A gradient rule: (emit, cotangent, inputs, result, **attributes) -> one cotangent value
+# per input, or None where nothing flows (a condition, indices, a shape donor). It emits
+# through `emit` the ops that compute d(loss)/d(input) from d(loss)/d(result) (the
+# `cotangent`, shaped like the result), the op's input values and its result value.
+# A rule is only called when the result is a float; a returned cotangent has its
+# input's dtype and a type assignable to the input's type.
+GradientRule = Callable[..., tuple[int | None, ...]]
+
+
 @dataclass(frozen=True)
 class Primitive:
     name: str
@@ -60,7 +88,11 @@ class Primitive:
     shape_rule: Callable[..., TensorType]  # (input_types, **attrs) -> result type
     impl: Callable[..., np.ndarray]  # (*arrays, **attrs) -> array of the rule's type
     attributes: Mapping[str, Attribute] = field(default_factory=dict)
-    differentiable: bool = False
+    gradient: GradientRule | None = None  # None: not differentiable (zero gradient)
+
+    @property
+    def differentiable(self) -> bool:
+        return self.gradient is not None
 
 
 PRIMITIVES: dict[str, Primitive] = {}
@@ -301,14 +333,27 @@ def evaluate(
         result_type = infer_result_type(
             name, [TensorType(x.dtype, x.shape) for x in arrays], values
         )
-    primitive = PRIMITIVES[name]
+    with np.errstate(all="ignore"):
+        return run_checked(PRIMITIVES[name], arrays, values, result_type)
+
+
+def run_checked(
+    primitive: Primitive,
+    arrays: Sequence[np.ndarray],
+    attrs: Mapping[str, Any],
+    result_type: TensorType,
+) -> np.ndarray:
+    """Runs `primitive`'s implementation with canonical `attrs` and checks the result's type.
+
+    The fast path for evaluators that prepared the op once (attributes already
+    canonical, as `Op` keeps them); the caller sets NumPy's error state.
+    """
     try:
-        with np.errstate(all="ignore"):
-            result = np.asarray(primitive.impl(*arrays, **values))
+        result = np.asarray(primitive.impl(*arrays, **attrs))
     except (ValueError, IndexError) as error:
         shown = ", ".join(array_text(x) for x in arrays) or "no inputs"
         raise FederatedTypeError(
-            f"primitive {name!r} failed on inputs {shown}: {error}"
+            f"primitive {primitive.name!r} failed on inputs {shown}: {error}"
         ) from None
     if result.dtype != result_type.dtype:
         # The rule decides the dtype; NumPy's promotion must not leak through.
@@ -317,7 +362,7 @@ def evaluate(
         d is not None and d != s for d, s in zip(result_type.shape, result.shape, strict=True)
     ):
         raise FederatedTypeError(
-            f"primitive {name!r} gave an array of {array_text(result)}, "
+            f"primitive {primitive.name!r} gave an array of {array_text(result)}, "
             f"but its result type is {result_type}"
         )
     return result
@@ -419,6 +464,51 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Gradient-rule helpers. Rules emit ops through a `GraphEmitter`; these build the
+# pieces that many rules share.
+
+
+def _scalar(emit: GraphEmitter, value: float, like: int) -> int:
+    """A scalar constant with the dtype of the value `like`."""
+    return emit.constant(np.asarray(value, dtype=emit.type_of(like).dtype))
+
+
+def _unbroadcast(emit: GraphEmitter, cotangent: int, x: int) -> int:
+    """The cotangent of `x` from one of the broadcast shape: summed over the stretched axes."""
+    x_type = emit.type_of(x)
+    if x_type.is_fully_defined() and emit.type_of(cotangent).shape == x_type.shape:
+        return cotangent
+    # With an unknown dim, whether broadcasting stretched it is only known at run time.
+    return emit.op("sum_to_like", cotangent, x)
+
+
+def _reshaped_like(emit: GraphEmitter, value: int, x: int) -> int:
+    """`value` (with as many elements as `x`) in the shape of `x`."""
+    x_type = emit.type_of(x)
+    if emit.type_of(value).shape == x_type.shape:
+        return value
+    if x_type.is_fully_defined():
+        return emit.op("reshape", value, shape=x_type.shape)
+    return emit.op("reshape_like", value, x)
+
+
+def _with_reduced_axes_kept(
+    emit: GraphEmitter, value: int, x: int, axis: tuple[int, ...] | None, keepdims: bool
+) -> int:
+    """`value`, shaped like a reduction of `x` over `axis`, with the reduced axes back as 1s."""
+    if keepdims:
+        return value
+    for position in sorted(_normalize_axes(axis, emit.type_of(x))):
+        value = emit.op("expand_dims", value, axis=position)
+    return value
+
+
+def _swap_last_axes(emit: GraphEmitter, x: int) -> int:
+    rank = emit.type_of(x).rank
+    return emit.op("transpose", x, perm=(*range(rank - 2), rank - 1, rank - 2))
+
+
+# ---------------------------------------------------------------------------
 # Families of primitives: one factory each, so the table below stays one line an entry.
 
 
@@ -427,23 +517,21 @@ def _elementwise_binary(
     ufunc: Callable[[np.ndarray, np.ndarray], np.ndarray],
     kinds: str,
     result_dtype: str | None,
-    differentiable: bool,
+    gradient: GradientRule | None,
     meaning: str,
 ) -> Primitive:
     def rule(input_types: Sequence[TensorType]) -> TensorType:
         dtype = _same_dtype(input_types, kinds)
         return TensorType(result_dtype or dtype, _broadcast(input_types))
 
-    return Primitive(
-        name, f"{meaning}, with broadcasting", 2, rule, ufunc, differentiable=differentiable
-    )
+    return Primitive(name, f"{meaning}, with broadcasting", 2, rule, ufunc, gradient=gradient)
 
 
 def _elementwise_unary(
     name: str,
     function: Callable[[np.ndarray], np.ndarray],
     kinds: str,
-    differentiable: bool,
+    gradient: GradientRule | None,
     meaning: str,
 ) -> Primitive:
     def rule(input_types: Sequence[TensorType]) -> TensorType:
@@ -451,7 +539,7 @@ def _elementwise_unary(
         _require_kind(x, kinds, "the input")
         return x
 
-    return Primitive(name, meaning, 1, rule, function, differentiable=differentiable)
+    return Primitive(name, meaning, 1, rule, function, gradient=gradient)
 
 
 _REDUCTION_ATTRIBUTES = {"axis": Attribute("axes", None), "keepdims": Attribute("bool", False)}
@@ -477,7 +565,7 @@ def _reduction(
     function: Callable[..., np.ndarray],
     kinds: str,
     needs_elements: bool,
-    differentiable: bool,
+    gradient: GradientRule | None,
     meaning: str,
 ) -> Primitive:
     def rule(
@@ -489,7 +577,7 @@ def _reduction(
         return TensorType(x.dtype, _reduced_shape(x, axes, keepdims, needs_elements))
 
     return Primitive(
-        name, meaning, 1, rule, function, _REDUCTION_ATTRIBUTES, differentiable=differentiable
+        name, meaning, 1, rule, function, _REDUCTION_ATTRIBUTES, gradient=gradient
     )
 
 
@@ -569,6 +657,175 @@ def _same_as_input_rule(input_types: Sequence[TensorType]) -> TensorType:
 
 
 # ---------------------------------------------------------------------------
+# Gradient rules of the elementwise primitives. A unary rule is the cotangent times
+# the derivative; a binary rule gives each input's share of the cotangent, which
+# `_binary_gradient` sums back to the input's shape where broadcasting stretched it.
+
+Derivative = Callable[[GraphEmitter, int, int], int]  # (emit, x, f(x)) -> f'(x)
+Partials = Callable[[GraphEmitter, int, int, int, int], tuple[int, int]]
+
+
+def _chain(derivative: Derivative) -> GradientRule:
+    def rule(
+        emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int
+    ) -> tuple[int | None, ...]:
+        (x,) = inputs
+        return (emit.op("multiply", cotangent, derivative(emit, x, result)),)
+
+    return rule
+
+
+def _negative_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return _scalar(emit, -1, x)
+
+
+def _abs_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("sign", x)  # 0 at 0, as in JAX
+
+
+def _exp_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return result
+
+
+def _log_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("reciprocal", x)
+
+
+def _log1p_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("reciprocal", emit.op("add", x, _scalar(emit, 1, x)))
+
+
+def _expm1_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("add", result, _scalar(emit, 1, x))
+
+
+def _tanh_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("subtract", _scalar(emit, 1, x), emit.op("square", result))
+
+
+def _sqrt_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("divide", _scalar(emit, 0.5, x), result)
+
+
+def _square_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("multiply", _scalar(emit, 2, x), x)
+
+
+def _reciprocal_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("negative", emit.op("square", result))
+
+
+def _sigmoid_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("multiply", result, emit.op("subtract", _scalar(emit, 1, x), result))
+
+
+def _sin_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("cos", x)
+
+
+def _cos_derivative(emit: GraphEmitter, x: int, result: int) -> int:
+    return emit.op("negative", emit.op("sin", x))
+
+
+def _binary_gradient(partials: Partials) -> GradientRule:
+    def rule(
+        emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int
+    ) -> tuple[int | None, ...]:
+        x, y = inputs
+        for_x, for_y = partials(emit, cotangent, x, y, result)
+        return _unbroadcast(emit, for_x, x), _unbroadcast(emit, for_y, y)
+
+    return rule
+
+
+def _add_partials(emit: GraphEmitter, g: int, x: int, y: int, result: int) -> tuple[int, int]:
+    return g, g
+
+
+def _subtract_partials(
+    emit: GraphEmitter, g: int, x: int, y: int, result: int
+) -> tuple[int, int]:
+    return g, emit.op("negative", g)
+
+
+def _multiply_partials(
+    emit: GraphEmitter, g: int, x: int, y: int, result: int
+) -> tuple[int, int]:
+    return emit.op("multiply", g, y), emit.op("multiply", g, x)
+
+
+def _divide_partials(emit: GraphEmitter, g: int, x: int, y: int, result: int) -> tuple[int, int]:
+    # d(x/y)/dy = -x/y**2 = -result/y.
+    for_y = emit.op("negative", emit.op("divide", emit.op("multiply", g, result), y))
+    return emit.op("divide", g, y), for_y
+
+
+def _mod_partials(emit: GraphEmitter, g: int, x: int, y: int, result: int) -> tuple[int, int]:
+    # x % y = x - floor(x / y) * y, with floor(x / y) piecewise constant.
+    return g, emit.op("negative", emit.op("multiply", g, emit.op("floor_divide", x, y)))
+
+
+def _power_partials(emit: GraphEmitter, g: int, x: int, y: int, result: int) -> tuple[int, int]:
+    one = _scalar(emit, 1, x)
+    d_x = emit.op("multiply", y, emit.op("power", x, emit.op("subtract", y, one)))
+    # d(x**y)/dy = log(x) * x**y; at x = 0 the result is 0 (or inf) and log(0) would turn
+    # the product into nan, so log(1) stands in there, as in JAX.
+    is_zero = emit.op("equal", x, _scalar(emit, 0, x))
+    log_x = emit.op("log", emit.op("where", is_zero, one, x))
+    d_y = emit.op("multiply", log_x, result)
+    return emit.op("multiply", g, d_x), emit.op("multiply", g, d_y)
+
+
+def _extremum_partials(
+    emit: GraphEmitter, g: int, x: int, y: int, result: int
+) -> tuple[int, int]:
+    # The input that was picked gets the cotangent; on a tie each gets half (as in JAX).
+    zero, half, one = (_scalar(emit, value, g) for value in (0, 0.5, 1))
+    x_picked = emit.op("equal", x, result)
+    y_picked = emit.op("equal", y, result)
+    x_share = emit.op("where", x_picked, emit.op("where", y_picked, half, one), zero)
+    y_share = emit.op("where", y_picked, emit.op("where", x_picked, half, one), zero)
+    return emit.op("multiply", g, x_share), emit.op("multiply", g, y_share)
+
+
+def _where_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int
+) -> tuple[int | None, ...]:
+    condition, x, y = inputs
+    zero = _scalar(emit, 0, cotangent)
+    for_x = emit.op("where", condition, cotangent, zero)
+    for_y = emit.op("where", condition, zero, cotangent)
+    return None, _unbroadcast(emit, for_x, x), _unbroadcast(emit, for_y, y)
+
+
+def _clip_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int
+) -> tuple[int | None, ...]:
+    x, lo, hi = inputs
+    # clip is minimum(maximum(x, lo), hi): the cotangent goes to hi where hi won, else to
+    # lo where x was below it, else to x (so on a tie, to x).
+    to_hi = emit.op("greater", emit.op("maximum", x, lo), hi)
+    below = emit.op("less", x, lo)
+    to_lo = emit.op("logical_and", emit.op("logical_not", to_hi), below)
+    to_x = emit.op("logical_not", emit.op("logical_or", to_hi, below))
+    zero = _scalar(emit, 0, cotangent)
+    return tuple(
+        _unbroadcast(emit, emit.op("where", routed, cotangent, zero), target)
+        for routed, target in ((to_x, x), (to_lo, lo), (to_hi, hi))
+    )
+
+
+def _cast_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int, *, dtype: str
+) -> tuple[int | None, ...]:
+    (x,) = inputs
+    x_dtype = emit.type_of(x).dtype
+    if x_dtype.kind != "f":
+        return (None,)  # integers and bools get no gradient
+    return (emit.op("cast", cotangent, dtype=x_dtype.name),)
+
+
+# ---------------------------------------------------------------------------
 # Reductions.
 
 
@@ -597,6 +854,98 @@ def _min(x: np.ndarray, *, axis: tuple[int, ...] | None, keepdims: bool) -> np.n
     return np.min(x, axis=axis, keepdims=keepdims)
 
 
+def _reduce_sum_gradient(
+    emit: GraphEmitter,
+    cotangent: int,
+    inputs: tuple[int, ...],
+    result: int,
+    *,
+    axis: tuple[int, ...] | None,
+    keepdims: bool,
+) -> tuple[int | None, ...]:
+    (x,) = inputs
+    kept = _with_reduced_axes_kept(emit, cotangent, x, axis, keepdims)
+    return (emit.op("broadcast_like", kept, x),)
+
+
+def _reduced_count(emit: GraphEmitter, x: int, axis: tuple[int, ...] | None) -> int:
+    """How many elements of `x` each result of a reduction over `axis` covers, in x's dtype."""
+    x_type = emit.type_of(x)
+    dims = [x_type.shape[a] for a in _normalize_axes(axis, x_type)]
+    if None not in dims:
+        return _scalar(emit, math.prod(dims), x)
+    return emit.op("reduce_sum", emit.op("ones_like", x), axis=axis, keepdims=True)
+
+
+def _reduce_mean_gradient(
+    emit: GraphEmitter,
+    cotangent: int,
+    inputs: tuple[int, ...],
+    result: int,
+    *,
+    axis: tuple[int, ...] | None,
+    keepdims: bool,
+) -> tuple[int | None, ...]:
+    (x,) = inputs
+    kept = _with_reduced_axes_kept(emit, cotangent, x, axis, keepdims)
+    share = emit.op("divide", kept, _reduced_count(emit, x, axis))
+    return (emit.op("broadcast_like", share, x),)
+
+
+def _reduce_prod_gradient(
+    emit: GraphEmitter,
+    cotangent: int,
+    inputs: tuple[int, ...],
+    result: int,
+    *,
+    axis: tuple[int, ...] | None,
+    keepdims: bool,
+) -> tuple[int | None, ...]:
+    # d prod / d x_i is the product of the other elements. prod / x_i fails at zeros, so
+    # count them: with none it is prod / x_i; with one, the product of the non-zero
+    # elements at the zero and 0 elsewhere; with more, 0 everywhere.
+    (x,) = inputs
+    zero, one = _scalar(emit, 0, x), _scalar(emit, 1, x)
+    is_zero = emit.op("equal", x, zero)
+    nonzero_x = emit.op("where", is_zero, one, x)
+    nonzero_product = emit.op("reduce_prod", nonzero_x, axis=axis, keepdims=True)
+    zeros = emit.op(
+        "reduce_sum",
+        emit.op("cast", is_zero, dtype=emit.type_of(x).dtype.name),
+        axis=axis,
+        keepdims=True,
+    )
+    lone_zero = emit.op("logical_and", is_zero, emit.op("equal", zeros, one))
+    others = emit.op(
+        "where",
+        emit.op("equal", zeros, zero),
+        emit.op("divide", nonzero_product, nonzero_x),
+        emit.op("where", lone_zero, nonzero_product, zero),
+    )
+    kept = _with_reduced_axes_kept(emit, cotangent, x, axis, keepdims)
+    return (emit.op("multiply", kept, others),)
+
+
+def _extremum_reduction_gradient(
+    emit: GraphEmitter,
+    cotangent: int,
+    inputs: tuple[int, ...],
+    result: int,
+    *,
+    axis: tuple[int, ...] | None,
+    keepdims: bool,
+) -> tuple[int | None, ...]:
+    # The elements equal to the max (min) share the cotangent equally, as in JAX.
+    (x,) = inputs
+    extremum = _with_reduced_axes_kept(emit, result, x, axis, keepdims)
+    hits = emit.op("cast", emit.op("equal", x, extremum), dtype=emit.type_of(x).dtype.name)
+    ties = emit.op("reduce_sum", hits, axis=axis, keepdims=True)
+    # A nan extremum equals no element: max(ties, 1) gives it a zero gradient, not 0/0.
+    ties = emit.op("maximum", ties, _scalar(emit, 1, x))
+    kept = _with_reduced_axes_kept(emit, cotangent, x, axis, keepdims)
+    return (emit.op("multiply", hits, emit.op("divide", kept, ties)),)
+
+
 # ---------------------------------------------------------------------------
 # Linear algebra.
 
@@ -620,6 +969,25 @@ def _matmul_rule(input_types: Sequence[TensorType]) -> TensorType:
     rows = (a_shape[-2],) if a.rank > 1 else ()
     columns = (b_shape[-1],) if b.rank > 1 else ()
     return TensorType(dtype, (*batch, *rows, *columns))
+
+
+def _matmul_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int
+) -> tuple[int | None, ...]:
+    a, b = inputs
+    a_is_vector, b_is_vector = emit.type_of(a).rank == 1, emit.type_of(b).rank == 1
+    # Work with matrices: a vector on the left is a row, on the right a column, and the
+    # cotangent gets back the dims the product dropped.
+    a_matrix = emit.op("expand_dims", a, axis=0) if a_is_vector else a
+    b_matrix = emit.op("expand_dims", b, axis=-1) if b_is_vector else b
+    g = emit.op("expand_dims", cotangent, axis=-1) if b_is_vector else cotangent
+    g = emit.op("expand_dims", g, axis=-2) if a_is_vector else g
+    for_a = emit.op("matmul", g, _swap_last_axes(emit, b_matrix))
+    for_b = emit.op("matmul", _swap_last_axes(emit, a_matrix), g)
+    for_a = emit.op("squeeze", for_a, axis=-2) if a_is_vector else for_a
+    for_b = emit.op("squeeze", for_b, axis=-1) if b_is_vector else for_b
+    # Batch dims broadcast, so each side sums over the batch dims it did not have.
+    return _unbroadcast(emit, for_a, a), _unbroadcast(emit, for_b, b)
 
 
 # ---------------------------------------------------------------------------
@@ -845,6 +1213,213 @@ def _sum_to_like(x: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
+# Gradient rules of the shape operations: each moves the cotangent back to where the
+# input's elements came from. The `*_like` primitives carry shapes known only when the
+# graph runs (an unknown batch size).
+
+
+def _reshape_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int, **shape: Any
+) -> tuple[int | None, ...]:
+    (x,) = inputs
+    return (_reshaped_like(emit, cotangent, x),)
+
+
+def _squeeze_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int, **axis: Any
+) -> tuple[int | None, ...]:
+    (x,) = inputs
+    return (_reshaped_like(emit, cotangent, x),)
+
+
+def _transpose_gradient(
+    emit: GraphEmitter,
+    cotangent: int,
+    inputs: tuple[int, ...],
+    result: int,
+    *,
+    perm: tuple[int, ...] | None,
+) -> tuple[int | None, ...]:
+    inverse = None if perm is None else tuple(int(i) for i in np.argsort(perm))
+    return (emit.op("transpose", cotangent, perm=inverse),)
+
+
+def _broadcast_to_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int, **shape: Any
+) -> tuple[int | None, ...]:
+    (x,) = inputs
+    return (_unbroadcast(emit, cotangent, x),)
+
+
+def _expand_dims_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int, *, axis: int
+) -> tuple[int | None, ...]:
+    return (emit.op("squeeze", cotangent, axis=axis),)
+
+
+def _concatenated_start(sizes: Sequence[Dim], index: int) -> int | None:
+    """Where input `index` of a concatenation starts, counted from the front or else from the
+    back (a negative bound); None if unknown sizes on both sides leave it open."""
+    if None not in sizes[:index]:
+        return sum(sizes[:index])
+    tail = sizes[index:]
+    if None in tail:
+        return None
+    return -sum(tail) if sum(tail) else SLICE_TO_END
+
+
+def _concatenate_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int, *, axis: int
+) -> tuple[int | None, ...]:
+    types = [emit.type_of(x) for x in inputs]
+    rank = types[0].rank
+    position = _normalize_axis(axis, rank, types[0])
+    sizes = [t.shape[position] for t in types]
+    cotangents: list[int | None] = []
+    for index, x in enumerate(inputs):
+        start = _concatenated_start(sizes, index)
+        stop = _concatenated_start(sizes, index + 1)
+        if start is None or stop is None:
+            found = ", ".join(str(t) for t in types)
+            raise FederatedTypeError(
+                f"the gradient of concatenate needs to know where input {index} lies on axis "
+                f"{position}: the sizes of all inputs before it or all after it, found {found}"
+            )
+        starts = [SLICE_TO_BEGINNING] * rank
+        stops = [SLICE_TO_END] * rank
+        starts[position], stops[position] = start, stop
+        part = emit.op("slice", cotangent, start=starts, stop=stops, step=(1,) * rank)
+        cotangents.append(_reshaped_like(emit, part, x))
+    return tuple(cotangents)
+
+
+def _is_whole_axis(dim: Dim, start: int, stop: int, step: int) -> bool:
+    if dim is not None:
+        return range(*slice(start, stop, step).indices(dim)) == range(dim)
+    return step == 1 and start in (0, SLICE_TO_BEGINNING) and stop == SLICE_TO_END
+
+
+def _unslice_known_axis(
+    emit: GraphEmitter, g: int, axis: int, rank: int, dim: int, bounds: slice
+) -> int | None:
+    """`g` with the elements of axis `axis` put back at the positions the slice took them
+    from, zeros elsewhere; None if the slice took nothing."""
+    positions = np.arange(dim)[bounds]
+    if positions.size == 0:
+        return None
+    source = np.zeros(dim, dtype=np.int64)
+    source[positions] = np.arange(positions.size)
+    taken = np.zeros(dim, dtype=bool)
+    taken[positions] = True
+    gathered = emit.op("take", g, emit.constant(source), axis=axis)
+    mask = emit.constant(taken.reshape((dim,) + (1,) * (rank - axis - 1)))
+    return emit.op("where", mask, gathered, _scalar(emit, 0, g))
+
+
+def _unslice_unknown_axis(
+    emit: GraphEmitter,
+    g: int,
+    x: int,
+    axis: int,
+    start: tuple[int, ...],
+    stop: tuple[int, ...],
+    step: tuple[int, ...],
+) -> int:
+    """`g` padded with zeros on axis `axis` (a step-1 slice of an unknown dim): the zeros are
+    shaped like the parts of `x` before and after the slice, so no size is needed."""
+
+    def zeros_like_part(lo: int, hi: int) -> int:
+        # Axes before `axis` are already whole again; axes after it are still sliced.
+        starts = [SLICE_TO_BEGINNING] * axis + [lo] + list(start[axis + 1 :])
+        stops = [SLICE_TO_END] * axis + [hi] + list(stop[axis + 1 :])
+        steps = [1] * (axis + 1) + list(step[axis + 1 :])
+        return emit.op("zeros_like", emit.op("slice", x, start=starts, stop=stops, step=steps))
+
+    before = zeros_like_part(SLICE_TO_BEGINNING, start[axis])
+    after = zeros_like_part(stop[axis], SLICE_TO_END)
+    return emit.op("concatenate", before, g, after, axis=axis)
+
+
+def _slice_gradient(
+    emit: GraphEmitter,
+    cotangent: int,
+    inputs: tuple[int, ...],
+    result: int,
+    *,
+    start: tuple[int, ...],
+    stop: tuple[int, ...],
+    step: tuple[int, ...],
+) -> tuple[int | None, ...]:
+    (x,) = inputs
+    x_type = emit.type_of(x)
+    g: int | None = cotangent
+    for axis, dim in enumerate(x_type.shape):
+        if _is_whole_axis(dim, start[axis], stop[axis], step[axis]):
+            continue
+        if dim is not None:
+            bounds = slice(start[axis], stop[axis], step[axis])
+            g = _unslice_known_axis(emit, g, axis, x_type.rank, dim, bounds)
+            if g is None:
+                return (emit.op("zeros_like", x),)
+        elif step[axis] == 1:
+            g = _unslice_unknown_axis(emit, g, x, axis, start, stop, step)
+        else:
+            raise FederatedTypeError(
+                f"the gradient of a slice with step {step[axis]} needs axis {axis} of {x_type} "
+                "known"
+            )
+    return (_reshaped_like(emit, g, x),)
+
+
+def _take_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int, *, axis: int
+) -> tuple[int | None, ...]:
+    x, indices = inputs
+    x_type, indices_type = emit.type_of(x), emit.type_of(indices)
+    position = _normalize_axis(axis, x_type.rank, x_type)
+    depth = x_type.shape[position]
+    if depth is None:
+        raise FederatedTypeError(
+            f"the gradient of take along axis {position} of {x_type} needs that dim known"
+        )
+    # Each taken element adds its cotangent where it came from: compare every index with
+    # every position (one_hot), select the cotangent there, and sum over the indices.
+    wrapped = emit.op(  # an index may count from the end; one_hot needs [0, depth)
+        "mod", emit.op("cast", indices, dtype="int64"), emit.constant(np.int64(depth))
+    )
+    hits = emit.op("one_hot", wrapped, depth=depth, dtype="bool")  # indices.shape + (depth,)
+    for _ in range(x_type.rank - position - 1):
+        hits = emit.op("expand_dims", hits, axis=-1)
+    spread = emit.op("expand_dims", cotangent, axis=position + indices_type.rank)
+    selected = emit.op("where", hits, spread, _scalar(emit, 0, cotangent))
+    if indices_type.rank:
+        index_axes = tuple(range(position, position + indices_type.rank))
+        selected = emit.op("reduce_sum", selected, axis=index_axes)
+    return _reshaped_like(emit, selected, x), None
+
+
+def _broadcast_like_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int
+) -> tuple[int | None, ...]:
+    x, _ = inputs
+    return _unbroadcast(emit, cotangent, x), None
+
+
+def _reshape_like_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int
+) -> tuple[int | None, ...]:
+    x, _ = inputs
+    return _reshaped_like(emit, cotangent, x), None
+
+
+def _sum_to_like_gradient(
+    emit: GraphEmitter, cotangent: int, inputs: tuple[int, ...], result: int
+) -> tuple[int | None, ...]:
+    x, _ = inputs
+    return emit.op("broadcast_like", cotangent, x), None
+
+
+# ---------------------------------------------------------------------------
 # Constants and encodings.
 
 
@@ -999,80 +1574,86 @@ _RANDOM_ATTRIBUTES = {"shape": Attribute("shape"), "dtype": Attribute("dtype", "
 # ---------------------------------------------------------------------------
 # The table.
 
-# (name, NumPy function, input kinds, result dtype (None: the inputs'), differentiable, meaning)
+# (name, NumPy function, input kinds, result dtype (None: the inputs'), gradient, meaning)
 _ELEMENTWISE_BINARIES = (
-    ("add", np.add, NUMERIC, None, True, "x + y"),
-    ("subtract", np.subtract, NUMERIC, None, True, "x - y"),
-    ("multiply", np.multiply, NUMERIC, None, True, "x * y"),
-    ("divide", np.divide, FLOAT, None, True, "x / y"),
-    ("floor_divide", np.floor_divide, NUMERIC, None, False, "x // y"),
-    ("mod", np.mod, NUMERIC, None, True, "x % y (the sign of y, like Python)"),
-    ("power", np.power, NUMERIC, None, True, "x ** y"),
-    ("maximum", np.maximum, ANY, None, True, "np.maximum(x, y) (nan wins)"),
-    ("minimum", np.minimum, ANY, None, True, "np.minimum(x, y) (nan wins)"),
-    ("equal", np.equal, ANY, "bool", False, "x == y"),
-    ("not_equal", np.not_equal, ANY, "bool", False, "x != y"),
-    ("less", np.less, ANY, "bool", False, "x < y"),
-    ("less_equal", np.less_equal, ANY, "bool", False, "x <= y"),
-    ("greater", np.greater, ANY, "bool", False, "x > y"),
-    ("greater_equal", np.greater_equal, ANY, "bool", False, "x >= y"),
-    ("logical_and", np.logical_and, BOOL, None, False, "x & y on bools"),
-    ("logical_or", np.logical_or, BOOL, None, False, "x | y on bools"),
-    ("logical_xor", np.logical_xor, BOOL, None, False, "x ^ y on bools"),
+    ("add", np.add, NUMERIC, None, _binary_gradient(_add_partials), "x + y"),
+    ("subtract", np.subtract, NUMERIC, None, _binary_gradient(_subtract_partials), "x - y"),
+    ("multiply", np.multiply, NUMERIC, None, _binary_gradient(_multiply_partials), "x * y"),
+    ("divide", np.divide, FLOAT, None, _binary_gradient(_divide_partials), "x / y"),
+    ("floor_divide", np.floor_divide, NUMERIC, None, None, "x // y"),
+    ("mod", np.mod, NUMERIC, None, _binary_gradient(_mod_partials),
+     "x % y (the sign of y, like Python)"),
+    ("power", np.power, NUMERIC, None, _binary_gradient(_power_partials), "x ** y"),
+    ("maximum", np.maximum, ANY, None, _binary_gradient(_extremum_partials),
+     "np.maximum(x, y) (nan wins)"),
+    ("minimum", np.minimum, ANY, None, _binary_gradient(_extremum_partials),
+     "np.minimum(x, y) (nan wins)"),
+    ("equal", np.equal, ANY, "bool", None, "x == y"),
+    ("not_equal", np.not_equal, ANY, "bool", None, "x != y"),
+    ("less", np.less, ANY, "bool", None, "x < y"),
+    ("less_equal", np.less_equal, ANY, "bool", None, "x <= y"),
+    ("greater", np.greater, ANY, "bool", None, "x > y"),
+    ("greater_equal", np.greater_equal, ANY, "bool", None, "x >= y"),
+    ("logical_and", np.logical_and, BOOL, None, None, "x & y on bools"),
+    ("logical_or", np.logical_or, BOOL, None, None, "x | y on bools"),
+    ("logical_xor", np.logical_xor, BOOL, None, None, "x ^ y on bools"),
 )
 
-# (name, function, input kinds, differentiable, meaning)
+# (name, function, input kinds, gradient, meaning)
 _ELEMENTWISE_UNARIES = (
-    ("negative", np.negative, NUMERIC, True, "-x"),
-    ("abs", np.abs, NUMERIC, True, "np.abs(x)"),
-    ("sign", np.sign, NUMERIC, False, "np.sign(x)"),
-    ("exp", np.exp, FLOAT, True, "np.exp(x)"),
-    ("log", np.log, FLOAT, True, "np.log(x)"),
-    ("log1p", np.log1p, FLOAT, True, "np.log1p(x)"),
-    ("expm1", np.expm1, FLOAT, True, "np.expm1(x)"),
-    ("tanh", np.tanh, FLOAT, True, "np.tanh(x)"),
-    ("sqrt", np.sqrt, FLOAT, True, "np.sqrt(x)"),
-    ("square", np.square, NUMERIC, True, "x * x"),
-    ("reciprocal", np.reciprocal, FLOAT, True, "1 / x"),
-    ("sigmoid", _sigmoid, FLOAT, True, "1 / (1 + exp(-x)), computed without overflow"),
-    ("floor", np.floor, FLOAT, False, "np.floor(x)"),
-    ("ceil", np.ceil, FLOAT, False, "np.ceil(x)"),
-    ("round", np.rint, FLOAT, False, "np.round(x): halves to even"),
-    ("sin", np.sin, FLOAT, True, "np.sin(x)"),
-    ("cos", np.cos, FLOAT, True, "np.cos(x)"),
-    ("logical_not", np.logical_not, BOOL, False, "~x on bools"),
+    ("negative", np.negative, NUMERIC, _chain(_negative_derivative), "-x"),
+    ("abs", np.abs, NUMERIC, _chain(_abs_derivative), "np.abs(x)"),
+    ("sign", np.sign, NUMERIC, None, "np.sign(x)"),
+    ("exp", np.exp, FLOAT, _chain(_exp_derivative), "np.exp(x)"),
+    ("log", np.log, FLOAT, _chain(_log_derivative), "np.log(x)"),
+    ("log1p", np.log1p, FLOAT, _chain(_log1p_derivative), "np.log1p(x)"),
+    ("expm1", np.expm1, FLOAT, _chain(_expm1_derivative), "np.expm1(x)"),
+    ("tanh", np.tanh, FLOAT, _chain(_tanh_derivative), "np.tanh(x)"),
+    ("sqrt", np.sqrt, FLOAT, _chain(_sqrt_derivative), "np.sqrt(x)"),
+    ("square", np.square, NUMERIC, _chain(_square_derivative), "x * x"),
+    ("reciprocal", np.reciprocal, FLOAT, _chain(_reciprocal_derivative), "1 / x"),
+    ("sigmoid", _sigmoid, FLOAT, _chain(_sigmoid_derivative),
+     "1 / (1 + exp(-x)), computed without overflow"),
+    ("floor", np.floor, FLOAT, None, "np.floor(x)"),
+    ("ceil", np.ceil, FLOAT, None, "np.ceil(x)"),
+    ("round", np.rint, FLOAT, None, "np.round(x): halves to even"),
+    ("sin", np.sin, FLOAT, _chain(_sin_derivative), "np.sin(x)"),
+    ("cos", np.cos, FLOAT, _chain(_cos_derivative), "np.cos(x)"),
+    ("logical_not", np.logical_not, BOOL, None, "~x on bools"),
 )
 
-# (name, function, input kinds, needs a non-empty axis, differentiable, meaning)
+# (name, function, input kinds, needs a non-empty axis, gradient, meaning)
 _REDUCTIONS = (
-    ("reduce_sum", _sum, NUMERIC, False, True, "np.sum(x, axis, dtype=x.dtype, keepdims)"),
-    ("reduce_prod", _prod, NUMERIC, False, True, "np.prod(x, axis, dtype=x.dtype, keepdims)"),
-    ("reduce_mean", _mean, FLOAT, False, True, "np.mean(x, axis, keepdims)"),
-    ("reduce_max", _max, ANY, True, True, "np.max(x, axis, keepdims)"),
-    ("reduce_min", _min, ANY, True, True, "np.min(x, axis, keepdims)"),
+    ("reduce_sum", _sum, NUMERIC, False, _reduce_sum_gradient,
+     "np.sum(x, axis, dtype=x.dtype, keepdims)"),
+    ("reduce_prod", _prod, NUMERIC, False, _reduce_prod_gradient,
+     "np.prod(x, axis, dtype=x.dtype, keepdims)"),
+    ("reduce_mean", _mean, FLOAT, False, _reduce_mean_gradient, "np.mean(x, axis, keepdims)"),
+    ("reduce_max", _max, ANY, True, _extremum_reduction_gradient, "np.max(x, axis, keepdims)"),
+    ("reduce_min", _min, ANY, True, _extremum_reduction_gradient, "np.min(x, axis, keepdims)"),
 )
 
-for _name, _function, _kinds, _result, _differentiable, _meaning in _ELEMENTWISE_BINARIES:
-    register(_elementwise_binary(_name, _function, _kinds, _result, _differentiable, _meaning))
-for _name, _function, _kinds, _differentiable, _meaning in _ELEMENTWISE_UNARIES:
-    register(_elementwise_unary(_name, _function, _kinds, _differentiable, _meaning))
-for _name, _function, _kinds, _nonempty, _differentiable, _meaning in _REDUCTIONS:
-    register(_reduction(_name, _function, _kinds, _nonempty, _differentiable, _meaning))
+for _name, _function, _kinds, _result, _gradient, _meaning in _ELEMENTWISE_BINARIES:
+    register(_elementwise_binary(_name, _function, _kinds, _result, _gradient, _meaning))
+for _name, _function, _kinds, _gradient, _meaning in _ELEMENTWISE_UNARIES:
+    register(_elementwise_unary(_name, _function, _kinds, _gradient, _meaning))
+for _name, _function, _kinds, _nonempty, _gradient, _meaning in _REDUCTIONS:
+    register(_reduction(_name, _function, _kinds, _nonempty, _gradient, _meaning))
 
 register(_arg_reduction("argmax", np.argmax, "np.argmax(x, axis, keepdims) as int64"))
 register(_arg_reduction("argmin", np.argmin, "np.argmin(x, axis, keepdims) as int64"))
 
 register(Primitive(
     "where", "np.where(condition, x, y), with broadcasting", 3, _where_rule, np.where,
-    differentiable=True,
+    gradient=_where_gradient,
 ))
 register(Primitive(
     "clip", "np.minimum(np.maximum(x, lo), hi), with broadcasting", 3, _clip_rule, _clip,
-    differentiable=True,
+    gradient=_clip_gradient,
 ))
 register(Primitive(
     "cast", "x.astype(dtype); float to int truncates and saturates, nan gives 0", 1,
-    _cast_rule, _cast, {"dtype": Attribute("dtype")}, differentiable=True,
+    _cast_rule, _cast, {"dtype": Attribute("dtype")}, gradient=_cast_gradient,
 ))
 register(Primitive(
     "zeros_like", "np.zeros_like(x)", 1, _same_as_input_rule, np.zeros_like,
@@ -1082,53 +1663,53 @@ register(Primitive(
 ))
 register(Primitive(
     "matmul", "x @ y (np.matmul: vectors, matrices and batches)", 2, _matmul_rule, np.matmul,
-    differentiable=True,
+    gradient=_matmul_gradient,
 ))
 register(Primitive(
     "reshape", "np.reshape(x, shape); one dim may be -1", 1, _reshape_rule, _reshape,
-    {"shape": Attribute("shape")}, differentiable=True,
+    {"shape": Attribute("shape")}, gradient=_reshape_gradient,
 ))
 register(Primitive(
     "transpose", "np.transpose(x, perm); perm None reverses the axes", 1, _transpose_rule,
-    _transpose, {"perm": Attribute("axes", None)}, differentiable=True,
+    _transpose, {"perm": Attribute("axes", None)}, gradient=_transpose_gradient,
 ))
 register(Primitive(
     "broadcast_to", "np.broadcast_to(x, shape)", 1, _broadcast_to_rule, _broadcast_to,
-    {"shape": Attribute("shape")}, differentiable=True,
+    {"shape": Attribute("shape")}, gradient=_broadcast_to_gradient,
 ))
 register(Primitive(
     "expand_dims", "np.expand_dims(x, axis)", 1, _expand_dims_rule, _expand_dims,
-    {"axis": Attribute("int")}, differentiable=True,
+    {"axis": Attribute("int")}, gradient=_expand_dims_gradient,
 ))
 register(Primitive(
     "squeeze", "np.squeeze(x, axis)", 1, _squeeze_rule, _squeeze,
-    {"axis": Attribute("axes", None)}, differentiable=True,
+    {"axis": Attribute("axes", None)}, gradient=_squeeze_gradient,
 ))
 register(Primitive(
     "concatenate", "np.concatenate(xs, axis)", None, _concatenate_rule, _concatenate,
-    {"axis": Attribute("int", 0)}, differentiable=True,
+    {"axis": Attribute("int", 0)}, gradient=_concatenate_gradient,
 ))
 register(Primitive(
     "slice", "x[start0:stop0:step0, start1:stop1:step1, ...], one triple per axis", 1,
     _slice_rule, _slice,
     {"start": Attribute("ints"), "stop": Attribute("ints"), "step": Attribute("ints")},
-    differentiable=True,
+    gradient=_slice_gradient,
 ))
 register(Primitive(
     "take", "np.take(x, indices, axis): gather along one axis", 2, _take_rule, _take,
-    {"axis": Attribute("int", 0)}, differentiable=True,
+    {"axis": Attribute("int", 0)}, gradient=_take_gradient,
 ))
 register(Primitive(
     "broadcast_like", "np.broadcast_to(x, like.shape)", 2, _broadcast_like_rule,
-    _broadcast_like, differentiable=True,
+    _broadcast_like, gradient=_broadcast_like_gradient,
 ))
 register(Primitive(
     "reshape_like", "np.reshape(x, like.shape)", 2, _reshape_like_rule, _reshape_like,
-    differentiable=True,
+    gradient=_reshape_like_gradient,
 ))
 register(Primitive(
     "sum_to_like", "sums x over the axes that broadcasting `like` to x's shape stretched", 2,
-    _sum_to_like_rule, _sum_to_like, differentiable=True,
+    _sum_to_like_rule, _sum_to_like, gradient=_sum_to_like_gradient,
 ))
 register(Primitive(
     "constant", "the tensor `value`", 0, _constant_rule, _constant,

@@ -74,6 +74,20 @@ def _release_plan(graph: Graph) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(sorted(dead)) for dead in plan)
 
 
+@functools.lru_cache(maxsize=1024)
+def _prepared_steps(graph: Graph) -> tuple[tuple, ...]:
+    """Each op once, ready to run: primitive, inputs, attributes, result type, values to drop.
+
+    Ops keep their attributes canonical, so running a prepared graph skips
+    the per-call checks that `primitives.evaluate` makes for a lone op.
+    """
+    release = _release_plan(graph)
+    return tuple(
+        (primitives.PRIMITIVES[op.primitive], op.inputs, op.attrs, op.result_type, dead)
+        for op, dead in zip(graph.ops, release, strict=True)
+    )
+
+
 def evaluate_graph(graph: Graph, arguments: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The arrays of `graph.outputs`, in order, for `arguments` (the parameter leaves, in order).
 
@@ -83,16 +97,15 @@ def evaluate_graph(graph: Graph, arguments: Sequence[np.ndarray]) -> list[np.nda
     """
     values: list[np.ndarray | None] = check_arguments(graph, arguments)
     values.extend([None] * len(graph.ops))
-    release = _release_plan(graph)
-    first_result = graph.num_parameters
-    for position, op in enumerate(graph.ops):
-        index = first_result + position
-        inputs = [values[i] for i in op.inputs]
-        try:
-            values[index] = primitives.evaluate(op.primitive, inputs, op.attrs, op.result_type)
-        except FederatedTypeError as error:
-            raise FederatedTypeError(f"op %{index} of {graph!r}: {error}") from None
-        del inputs
-        for dead in release[position]:
-            values[dead] = None
+    index = graph.num_parameters
+    run = primitives.run_checked
+    with np.errstate(all="ignore"):
+        for primitive, inputs, attrs, result_type, dead in _prepared_steps(graph):
+            try:
+                values[index] = run(primitive, [values[i] for i in inputs], attrs, result_type)
+            except FederatedTypeError as error:
+                raise FederatedTypeError(f"op %{index} of {graph!r}: {error}") from None
+            for value in dead:
+                values[value] = None
+            index += 1
     return [values[output] for output in graph.outputs]

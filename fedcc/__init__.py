@@ -3,6 +3,41 @@
 The public API re-exports the parts users need; see DESIGN.md for the contract.
 """
 
+from fedcc import random
+from fedcc.computation import (
+    Computation,
+    ComputationBundle,
+    PolymorphicComputation,
+    run,
+)
+from fedcc.decorators import (
+    federated_computation,
+    grad,
+    numpy_computation,
+    value_and_grad,
+)
+
+# `fc.eager` is the context manager; the module `fedcc.eager` that defines it is
+# imported as `from fedcc.eager import ...`.
+from fedcc.eager import eager
+from fedcc.intrinsic_api import (
+    federated_aggregate,
+    federated_apply,
+    federated_broadcast,
+    federated_eval,
+    federated_map,
+    federated_max,
+    federated_mean,
+    federated_min,
+    federated_secure_sum,
+    federated_secure_sum_bitwidth,
+    federated_sum,
+    federated_value,
+    federated_zip,
+    sequence_map,
+    sequence_reduce,
+    sequence_sum,
+)
 from fedcc.ir.errors import (
     BackendError,
     FedccError,
@@ -12,8 +47,6 @@ from fedcc.ir.errors import (
     TypeSyntaxError,
 )
 from fedcc.ir.program import Program
-from fedcc.ir.serialization import deserialize, serialize
-from fedcc.ir.text import parse_text, to_text
 from fedcc.ir.type_text import parse_type
 from fedcc.ir.types import (
     CLIENTS,
@@ -28,7 +61,8 @@ from fedcc.ir.types import (
     Type,
     to_type,
 )
-from fedcc.persistence import load, save
+from fedcc.persistence import deserialize, load, parse_text, save, serialize, to_text
+from fedcc.runtimes import backends, use_backend
 
 __version__ = "0.1.0"
 
@@ -36,6 +70,8 @@ __all__ = [
     "CLIENTS",
     "SERVER",
     "BackendError",
+    "Computation",
+    "ComputationBundle",
     "FedccError",
     "FederatedType",
     "FederatedTypeError",
@@ -43,6 +79,7 @@ __all__ = [
     "IRFormatError",
     "PlacementLiteral",
     "PlacementType",
+    "PolymorphicComputation",
     "Program",
     "SequenceType",
     "StructType",
@@ -50,12 +87,37 @@ __all__ = [
     "TextSyntaxError",
     "Type",
     "TypeSyntaxError",
+    "backends",
     "deserialize",
+    "eager",
+    "federated_aggregate",
+    "federated_apply",
+    "federated_broadcast",
+    "federated_computation",
+    "federated_eval",
+    "federated_map",
+    "federated_max",
+    "federated_mean",
+    "federated_min",
+    "federated_secure_sum",
+    "federated_secure_sum_bitwidth",
+    "federated_sum",
+    "federated_value",
+    "federated_zip",
+    "grad",
     "load",
+    "numpy_computation",
     "parse_text",
     "parse_type",
+    "random",
+    "run",
     "save",
+    "sequence_map",
+    "sequence_reduce",
+    "sequence_sum",
     "serialize",
     "to_text",
     "to_type",
+    "use_backend",
+    "value_and_grad",
 ]

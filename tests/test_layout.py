@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import tomllib
 from pathlib import Path
@@ -52,19 +53,38 @@ def test_every_package_with_modules_is_listed_and_importable():
             importlib.import_module(dotted)
 
 
+def _imported_modules(source: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
 def test_imports_only_go_downward():
     """ir never imports compiler or runtimes; compiler never imports runtimes (DESIGN §2)."""
     forbidden = {
-        "ir": ("fedcc.compiler", "fedcc.runtimes", "fedcc.learning", "from fedcc import"),
+        "ir": ("fedcc.compiler", "fedcc.runtimes", "fedcc.learning"),
         "compiler": ("fedcc.runtimes", "fedcc.learning"),
         "runtimes": ("fedcc.compiler", "fedcc.learning"),
         "proto": ("fedcc.ir", "fedcc.compiler", "fedcc.runtimes"),
     }
-    for folder, names in forbidden.items():
+    for folder, prefixes in forbidden.items():
         for source in (ROOT / folder).rglob("*.py"):
-            text = source.read_text()
-            for name in names:
-                assert name not in text, f"{source.relative_to(ROOT)} imports {name}"
+            for module in _imported_modules(source):
+                bad = [p for p in prefixes if module == p or module.startswith(p + ".")]
+                assert not bad, f"{source.relative_to(ROOT)} imports {module}"
+        for source in (ROOT / folder).rglob("*.py"):
+            if folder == "ir":
+                # `from fedcc import x` would import the whole public API, upward.
+                assert "fedcc" not in {
+                    node.module
+                    for node in ast.walk(ast.parse(source.read_text()))
+                    if isinstance(node, ast.ImportFrom)
+                }, f"{source.relative_to(ROOT)} imports the top-level fedcc package"
 
 
 def test_version_matches_pyproject():

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from fedcc.ir.errors import FedccError
+
+
+class UsageError(FedccError):
+    """A command line that names something that does not exist or cannot be used."""
 
 
 def _read_program(path: str):
@@ -68,9 +77,117 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+# Optimization passes come with a later issue; until then only level 0 (no passes) exists.
+AVAILABLE_OPTIMIZATION_LEVELS = (0,)
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise UsageError(f"{path}: no such Python file")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _import_dotted(name: str) -> ModuleType:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        raise UsageError(f"cannot import module {name!r}: {error}") from error
+
+
+def load_attribute(target: str) -> Any:
+    """The object `MODULE:ATTR` names; MODULE is a dotted module path or a `.py` file path.
+
+    A dotted module is imported with the current folder first on the import
+    path, so `fedcc compile examples.sensor_average:mean_temperature` works from
+    the repository root.
+    """
+    module_text, separator, attribute = target.rpartition(":")
+    if not separator or not module_text or not attribute:
+        raise UsageError(
+            "expected MODULE:ATTR (e.g. examples.sensor_average:mean_temperature), "
+            f"found {target!r}"
+        )
+    is_file = module_text.endswith(".py") or "/" in module_text or os.sep in module_text
+    try:
+        module = _import_file(Path(module_text)) if is_file else _import_dotted(module_text)
+    except FedccError:
+        raise  # ours (or a tracing error, which names the line of the module)
+    except Exception as error:
+        # The user's module failed while running: one line, the traceback under --debug.
+        raise UsageError(
+            f"importing {module_text} failed: {type(error).__name__}: {error}"
+        ) from error
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise UsageError(f"module {module_text!r} has no attribute {attribute!r}") from None
+
+
+def _compile(args: argparse.Namespace) -> int:
+    import fedcc as fc
+
+    if args.optimization_level not in AVAILABLE_OPTIMIZATION_LEVELS:
+        raise UsageError(
+            f"-O {args.optimization_level}: optimization passes are not available yet; "
+            f"use -O {AVAILABLE_OPTIMIZATION_LEVELS[0]} (no passes)"
+        )
+    target = load_attribute(args.target)
+    data = fc.serialize(target)
+    Path(args.output).write_bytes(data)
+    print(f"{args.output}: {len(data)} bytes from {args.target}")
+    return 0
+
+
+def _single_computation(loaded: Any, name: str | None, path: str):
+    from fedcc.computation import Computation, ComputationBundle
+
+    if isinstance(loaded, ComputationBundle):
+        names = list(loaded)
+        if name is None and len(names) == 1:
+            name = names[0]
+        if name is None or name not in names:
+            raise UsageError(
+                f"{path} holds the computations {', '.join(names)}: "
+                + ("choose one with --computation NAME" if name is None else f"not {name!r}")
+            )
+        loaded = loaded[name]
+    elif name is not None:
+        raise UsageError(f"{path} holds a single computation: drop --computation {name}")
+    if not isinstance(loaded, Computation):
+        raise UsageError(f"{path} holds no closed function to run")
+    return loaded
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import fedcc as fc
+    from fedcc.npz_values import flatten_result, read_arguments, summary_lines
+
+    computation = _single_computation(fc.load(args.file), args.computation, args.file)
+    signature = computation.type_signature
+    arguments = read_arguments(signature, args.args, args.clients)
+    result = fc.run(computation, *arguments, backend=args.backend)
+    flat = flatten_result(result, signature.result)
+    if args.out is not None:
+        np.savez(args.out, **flat)
+    for line in summary_lines(flat):
+        print(line)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+    "compile": ("save a Python computation (MODULE:ATTR) as a .pb file", _compile),
     "dump": ("print a .pb file as text, compact text, JSON or Graphviz dot", _dump),
     "check": ("validate a .pb file: format, types, scoping", _check),
+    "run": ("run a .pb file on a backend with .npz arguments and client data", _run),
 }
 
 
@@ -83,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show full tracebacks on errors"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = commands.add_parser("compile", help=COMMANDS["compile"][0])
+    compile_.add_argument(
+        "target", metavar="MODULE:ATTR", help="a dotted module or a .py file, and an attribute"
+    )
+    compile_.add_argument("-o", "--output", required=True, metavar="OUT.pb")
+    compile_.add_argument(
+        "-O",
+        dest="optimization_level",
+        type=int,
+        default=0,
+        metavar="LEVEL",
+        help="optimization level; only 0 (no passes) until the passes land",
+    )
 
     dump = commands.add_parser("dump", help=COMMANDS["dump"][0])
     dump.add_argument("file", metavar="FILE.pb")
@@ -97,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help=COMMANDS["check"][0])
     check.add_argument("file", metavar="FILE.pb")
+
+    run = commands.add_parser("run", help=COMMANDS["run"][0])
+    run.add_argument("file", metavar="FILE.pb")
+    run.add_argument("--backend", required=True, metavar="NAME", help="e.g. reference")
+    run.add_argument(
+        "--args", metavar="FILE.npz", help="arguments not placed at CLIENTS: arg0, arg1.field, ..."
+    )
+    run.add_argument("--clients", metavar="DIR", help="one .npz a client, in file-name order")
+    run.add_argument("--out", metavar="results.npz", help="write the flattened results here")
+    run.add_argument(
+        "--computation", metavar="NAME", help="which computation of a file that holds several"
+    )
     return parser
 
 

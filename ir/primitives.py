@@ -21,6 +21,11 @@ Decisions every entry follows:
   gives `None`, with k gives k; known dims that cannot agree are errors.
 - Implementations run with NumPy's floating-point warnings silenced: results
   follow IEEE arithmetic (inf, nan), whatever the warning settings are.
+- A differentiable primitive has its gradient rule beside it: a function that
+  emits, through a `GraphEmitter` (so `ir` never imports the compiler), the
+  ops that turn the cotangent of the result into cotangents of the inputs.
+  `fedcc.compiler.autodiff` chains them; tests/test_autodiff.py checks each
+  against finite differences.
 - Randomness is keyed and bit-identical on every platform and NumPy version:
   bits come from the Philox counter-based bit generator keyed by the seed
   (its raw stream is stable), and are turned into floats with basic IEEE

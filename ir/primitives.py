@@ -354,12 +354,23 @@ def run_checked(
     canonical, as `Op` keeps them); the caller sets NumPy's error state.
     """
     try:
-        result = np.asarray(primitive.impl(*arrays, **attrs))
+        result = primitive.impl(*arrays, **attrs)
     except (ValueError, IndexError) as error:
-        shown = ", ".join(array_text(x) for x in arrays) or "no inputs"
-        raise FederatedTypeError(
-            f"primitive {primitive.name!r} failed on inputs {shown}: {error}"
-        ) from None
+        raise implementation_error(primitive, arrays, error) from None
+    return conform_result(primitive, result, result_type)
+
+
+def implementation_error(
+    primitive: Primitive, arrays: Sequence[np.ndarray], error: Exception
+) -> FederatedTypeError:
+    """The error for an implementation that failed at run time (e.g. a `?` dim that disagrees)."""
+    shown = ", ".join(array_text(np.asarray(x)) for x in arrays) or "no inputs"
+    return FederatedTypeError(f"primitive {primitive.name!r} failed on inputs {shown}: {error}")
+
+
+def conform_result(primitive: Primitive, result: Any, result_type: TensorType) -> np.ndarray:
+    """`result` as an array of exactly `result_type`'s dtype; its shape must fit the type."""
+    result = np.asarray(result)
     if result.dtype != result_type.dtype:
         # The rule decides the dtype; NumPy's promotion must not leak through.
         result = result.astype(result_type.dtype)

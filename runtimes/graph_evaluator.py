@@ -76,16 +76,29 @@ def _release_plan(graph: Graph) -> tuple[tuple[int, ...], ...]:
 
 @functools.lru_cache(maxsize=1024)
 def _prepared_steps(graph: Graph) -> tuple[tuple, ...]:
-    """Each op once, ready to run: primitive, inputs, attributes, result type, values to drop.
+    """Each op once, ready to run: its primitive, inputs, attributes, result type, values to drop.
 
-    Ops keep their attributes canonical, so running a prepared graph skips
-    the per-call checks that `primitives.evaluate` makes for a lone op.
+    Ops keep their attributes canonical, so running a prepared graph skips the
+    per-call checks that `primitives.evaluate` makes for a lone op. The result
+    check is one dtype identity and one shape comparison when the type's shape
+    is fully known; anything else goes through `primitives.conform_result`.
     """
     release = _release_plan(graph)
-    return tuple(
-        (primitives.PRIMITIVES[op.primitive], op.inputs, op.attrs, op.result_type, dead)
-        for op, dead in zip(graph.ops, release, strict=True)
-    )
+    steps = []
+    for op, dead in zip(graph.ops, release, strict=True):
+        known_shape = op.result_type.shape if op.result_type.is_fully_defined() else None
+        steps.append(
+            (
+                primitives.PRIMITIVES[op.primitive],
+                op.inputs,
+                op.attrs,
+                op.result_type,
+                op.result_type.dtype,
+                known_shape,
+                dead,
+            )
+        )
+    return tuple(steps)
 
 
 def evaluate_graph(graph: Graph, arguments: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -98,13 +111,27 @@ def evaluate_graph(graph: Graph, arguments: Sequence[np.ndarray]) -> list[np.nda
     values: list[np.ndarray | None] = check_arguments(graph, arguments)
     values.extend([None] * len(graph.ops))
     index = graph.num_parameters
-    run = primitives.run_checked
+    ndarray = np.ndarray
     with np.errstate(all="ignore"):
-        for primitive, inputs, attrs, result_type, dead in _prepared_steps(graph):
+        for primitive, inputs, attrs, result_type, dtype, shape, dead in _prepared_steps(graph):
+            arrays = [values[i] for i in inputs]
             try:
-                values[index] = run(primitive, [values[i] for i in inputs], attrs, result_type)
-            except FederatedTypeError as error:
-                raise FederatedTypeError(f"op %{index} of {graph!r}: {error}") from None
+                result = primitive.impl(*arrays, **attrs)
+            except (ValueError, IndexError) as error:
+                cause = primitives.implementation_error(primitive, arrays, error)
+                raise FederatedTypeError(f"op %{index} of {graph!r}: {cause}") from None
+            # The common case costs two comparisons; the rest is conform_result's.
+            if not (
+                type(result) is ndarray
+                and result.dtype is dtype
+                and shape is not None
+                and result.shape == shape
+            ):
+                try:
+                    result = primitives.conform_result(primitive, result, result_type)
+                except FederatedTypeError as error:
+                    raise FederatedTypeError(f"op %{index} of {graph!r}: {error}") from None
+            values[index] = result
             for value in dead:
                 values[value] = None
             index += 1

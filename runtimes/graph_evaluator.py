@@ -105,8 +105,8 @@ def evaluate_graph(graph: Graph, arguments: Sequence[np.ndarray]) -> list[np.nda
     """The arrays of `graph.outputs`, in order, for `arguments` (the parameter leaves, in order).
 
     Each argument must have its leaf's dtype exactly, its rank, and its known
-    dims. Results may share memory with the arguments (e.g. an output that is
-    a parameter, or a reshape of one); treat them as read-only.
+    dims. Results are C-contiguous and may share memory with the arguments (an
+    output that is a parameter, or a reshape of one); treat them as read-only.
     """
     values: list[np.ndarray | None] = check_arguments(graph, arguments)
     values.extend([None] * len(graph.ops))
@@ -135,4 +135,7 @@ def evaluate_graph(graph: Graph, arguments: Sequence[np.ndarray]) -> list[np.nda
             for value in dead:
                 values[value] = None
             index += 1
-    return [values[output] for output in graph.outputs]
+    # Outputs leave as C-ordered arrays: a view (a transpose, a slice) summed later
+    # gives other bits than a contiguous copy, and remote backends ship copies.
+    outputs = [values[output] for output in graph.outputs]
+    return [x if x.flags.c_contiguous else x.copy(order="C") for x in outputs]

@@ -232,3 +232,17 @@ def test_result_types_are_those_of_the_graph():
     for leaf, result in zip(graph.result_type, results, strict=True):
         assert isinstance(leaf, TensorType)
         assert result.dtype == leaf.dtype and result.ndim == leaf.rank
+
+
+def test_outputs_are_c_contiguous_even_when_an_op_returns_a_view():
+    # A later reduction over a view can round differently from one over a copy,
+    # and remote backends ship copies: outputs must not depend on memory layout.
+    from fedcc.ir.graph_builder import GraphBuilder
+
+    builder = GraphBuilder("float32[3,4]")
+    (x,) = builder.parameters()
+    graph = builder.build([builder.op("transpose", x)])
+    source = np.arange(12, dtype=np.float32).reshape(3, 4)
+    (result,) = evaluate_graph(graph, [source])
+    assert result.flags.c_contiguous
+    np.testing.assert_array_equal(result, source.T)

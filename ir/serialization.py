@@ -759,13 +759,23 @@ def deserialize_program(data: bytes) -> Program:
     return Program(program.computations, metadata)
 
 
-def serialize(x: BuildingBlock | Program) -> bytes:
-    """The file-format bytes of a program or of a single building block (see `deserialize`)."""
+def serialize(x: BuildingBlock | Program, metadata: dict[str, str] | None = None) -> bytes:
+    """The file-format bytes of a program or of a single building block (see `deserialize`).
+
+    `metadata` (e.g. the passes applied) is stored with a single building
+    block; `deserialize_program` shows it, `deserialize` gives the block alone.
+    A program carries its own metadata.
+    """
     if isinstance(x, BuildingBlock):
+        if metadata and SINGLE_COMPUTATION_KEY in metadata:
+            raise IRFormatError(f"metadata key {SINGLE_COMPUTATION_KEY!r} is reserved")
         program = Program(
-            {SINGLE_COMPUTATION_NAME: x}, {SINGLE_COMPUTATION_KEY: SINGLE_COMPUTATION_VALUE}
+            {SINGLE_COMPUTATION_NAME: x},
+            {**(metadata or {}), SINGLE_COMPUTATION_KEY: SINGLE_COMPUTATION_VALUE},
         )
         return _encode_program(program)
+    if metadata:
+        raise IRFormatError("a Program carries its own metadata: pass Program(..., metadata)")
     return serialize_program(x)
 
 

@@ -45,7 +45,9 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def sensor_pb(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("compile") / "mean.pb"
-    result = fedcc_command("compile", "examples.sensor_average:mean_temperature", "-o", str(path))
+    result = fedcc_command(
+        "compile", "examples.sensor_average:mean_temperature", "-o", str(path), "-O", "0"
+    )
     assert result.returncode == 0, result.stderr
     return path
 
@@ -88,7 +90,7 @@ def test_fedsgd_compile_dump_run_matches_the_in_process_round_bit_for_bit(tmp_pa
     example = load_example("fedsgd_linear_regression")
     pb = tmp_path / "round.pb"
     compiled = fedcc_command(
-        "compile", "examples.fedsgd_linear_regression:fedsgd_round", "-o", str(pb)
+        "compile", "examples.fedsgd_linear_regression:fedsgd_round", "-o", str(pb), "-O", "0"
     )
     assert compiled.returncode == 0, compiled.stderr
     dumped = fedcc_command("dump", str(pb))
@@ -211,8 +213,8 @@ def test_compile_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
         (("examples/no_such.py:f", "-o", out), "no such Python file"),
         (("examples.sensor_average", "-o", out), "expected MODULE:ATTR"),
         (
-            ("examples.sensor_average:mean_temperature", "-o", out, "-O", "2"),
-            "-O 2: optimization passes are not available yet",
+            ("examples.sensor_average:mean_temperature", "-o", out, "-O", "3"),
+            "-O 3: unknown optimization level; use one of 0, 1, 2",
         ),
         (("examples.sensor_average:sensor_readings", "-o", out), "found function"),
     ]

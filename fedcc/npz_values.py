@@ -14,6 +14,12 @@ The convention (also in the README, "Compile and run"):
   one `.npz` file a client, in file-name order (`client_000.npz`, ...). A
   client's tensor is under the key `value`; a client's struct of tensors
   under its field paths (`x`, `y`, `a.b`).
+- A client argument that is a sequence (`{<x=float32[?,784],y=int32[?]>*}@CLIENTS`)
+  is not read here: the run reads it where the clients live, once, as the
+  client data set `npz-folder:DIR` (runtimes/client_data.py). Each key holds
+  all of a client's examples at once (`x: float32[n,784]`, `y: int32[n]`);
+  with `--batch-size B` the sequence's elements are batches of B examples
+  (the last may be smaller), without it single examples.
 - Every array must have exactly the declared dtype and a shape the declared
   shape accepts (`?` takes any size); every key must be used.
 - Results are written flattened: a struct's fields by path (`state.kernel`,
@@ -26,11 +32,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedcc.ir.building_blocks import BuildingBlock
 from fedcc.ir.errors import FedccError
 from fedcc.ir.types import (
     CLIENTS,
@@ -41,6 +49,7 @@ from fedcc.ir.types import (
     TensorType,
     Type,
 )
+from fedcc.runtimes.client_data import bind_client_data, check_element_type, npz_folder_uri
 
 ARGUMENT_PREFIX = "arg"
 CLIENT_TENSOR_KEY = "value"
@@ -183,15 +192,25 @@ def _read_clients(member: Type, clients_dir: Path, where: str) -> list[Any]:
     return values
 
 
+@dataclass(frozen=True)
+class ClientDataFolder:
+    """A client argument that the run reads from a folder where the clients live (`uri`)."""
+
+    uri: str
+
+
 def read_arguments(
     signature: FunctionType,
     args_file: str | os.PathLike | None,
     clients_dir: str | os.PathLike | None,
+    batch_size: int | None = None,
 ) -> list[Any]:
     """The computation's arguments, in order, read by the convention of this module.
 
-    Raises `RunInputError` naming the file and key for a missing or unexpected
-    key, a wrong dtype or shape, or a missing or unneeded `--args`/`--clients`.
+    A client argument of sequences comes back as a `ClientDataFolder`, for
+    `bind_client_folders`. Raises `RunInputError` naming the file and key for
+    a missing or unexpected key, a wrong dtype or shape, or a missing or
+    unneeded `--args`/`--clients`/`--batch-size`.
     """
     types = argument_types(signature)
     client_arguments = [i for i, t in enumerate(types) if _is_client_values(t)]
@@ -224,15 +243,49 @@ def read_arguments(
         arrays = _load_npz(file)
         leaves = _read_leaves(arrays, server_paths, file)
         _reject_unused(arrays, leaves, file)
+    is_sequence = bool(client_arguments) and isinstance(
+        types[client_arguments[0]].member, SequenceType
+    )
+    if batch_size is not None and not is_sequence:
+        raise RunInputError(
+            f"--batch-size is for client data that is a sequence; {signature} has none"
+        )
     arguments = []
     for index, t in enumerate(types):
         if index in client_arguments:
             assert isinstance(t, FederatedType)
-            arguments.append(_read_clients(t.member, Path(clients_dir), argument_name(index)))
+            if is_sequence:
+                arguments.append(_client_folder(t, Path(clients_dir), batch_size))
+            else:
+                arguments.append(_read_clients(t.member, Path(clients_dir), argument_name(index)))
         else:
             member = t.member if isinstance(t, FederatedType) else t
             arguments.append(_build_value(member, leaves, argument_name(index)))
     return arguments
+
+
+def _client_folder(t: FederatedType, clients_dir: Path, batch_size: int | None) -> Any:
+    if not clients_dir.is_dir():
+        raise RunInputError(f"--clients {clients_dir}: not a folder")
+    if not any(clients_dir.glob("*.npz")):
+        raise RunInputError(f"--clients {clients_dir}: no .npz files, expected one a client")
+    if batch_size is not None and batch_size < 1:
+        raise RunInputError(f"--batch-size must be a positive integer, found {batch_size}")
+    try:
+        uri = npz_folder_uri(clients_dir, batch_size)
+        check_element_type(t.member.element, batch_size)
+    except FedccError as error:
+        raise RunInputError(f"--clients {clients_dir}: {error}") from None
+    return ClientDataFolder(uri)
+
+
+def bind_client_folders(comp: BuildingBlock, arguments: list[Any]) -> tuple[BuildingBlock, list]:
+    """`comp` reading each `ClientDataFolder` argument where its clients live; the others."""
+    for index, argument in enumerate(arguments):
+        if isinstance(argument, ClientDataFolder):
+            bound = bind_client_data(comp, argument.uri, index)
+            return bound, arguments[:index] + arguments[index + 1 :]
+    return comp, arguments
 
 
 def _struct_parts(value: Any, t: StructType) -> list[Any]:

@@ -13,10 +13,11 @@ value comes from, never the values themselves:
 
 Zips and selections are thus done structurally, on the server, moving no
 data. A backend serves one run through a `ClientSession`: it places the
-clients' argument values, maps closed non-federated functions (given as
-building blocks, so they can travel as serialized IR), aggregates along the
-canonical tree of `runtimes/reduction.py`, and materializes client values
-when a computation returns them. Everything else (server values, sequence
+clients' argument values (or has the clients load their own data sets),
+maps closed non-federated functions (given as building blocks, so they can
+travel as serialized IR), aggregates along the canonical tree of
+`runtimes/reduction.py`, and materializes client values when a computation
+returns them. Everything else (server values, sequence
 intrinsics, control of the program) stays in the interpreter.
 
 A new backend subclasses `Backend` and returns its own `ClientSession`; one
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fedcc.ir.building_blocks import BuildingBlock
+from fedcc.ir.errors import BackendError
 from fedcc.ir.types import Type
 
 
@@ -118,6 +120,17 @@ class ClientSession(abc.ABC):
     @abc.abstractmethod
     def place(self, values: Sequence[Any]) -> Handle:
         """Takes one runtime value a client (`len(values) == num_clients`) to the clients."""
+
+    def load(self, uri: str, element_type: Type) -> Handle:
+        """Has each client load its own sequence of `element_type` from the data set `uri`.
+
+        Where the clients live loads them (runtimes/client_data.py), so the data
+        never passes through the server. A session that cannot load refuses.
+        """
+        raise BackendError(
+            f"the {type(self).__name__} cannot load the client data set {uri!r}: "
+            "it has no data loaders"
+        )
 
     @abc.abstractmethod
     def map(self, intrinsic: str, function: BuildingBlock, argument: ClientValue | None) -> Handle:

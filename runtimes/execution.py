@@ -22,6 +22,7 @@ from fedcc.ir.types import (
     walk_types,
 )
 from fedcc.runtimes.backend import Backend
+from fedcc.runtimes.client_data import count_clients_of
 from fedcc.runtimes.interpreter import ExecutionContext, call_function, evaluate
 from fedcc.runtimes.registry import resolve_backend
 from fedcc.runtimes.values import (
@@ -47,8 +48,9 @@ def run(
     - A computation of several parameters (one struct parameter) takes the
       parts as positional arguments; a single argument is the whole parameter.
     - The number of clients is the length of the client lists among the
-      arguments (they must agree), or `num_clients` for a computation that
-      has none.
+      arguments (they must agree), else the number of clients of the client
+      data sets the computation reads (runtimes/client_data.py), else
+      `num_clients`.
     - `backend`: a registered name or a `Backend`; default: the innermost
       `use_backend(...)`, else the default backend. `options` (e.g.
       `workers=4`) go to the named backend.
@@ -142,6 +144,9 @@ def _number_of_clients(
         return num_clients
     if first is not None:
         return len(first.values)
+    from_data_sets = count_clients_of(comp)
+    if from_data_sets is not None:
+        return from_data_sets
     if _involves_clients(comp):
         raise FederatedTypeError(
             "cannot tell the number of clients: no argument is a list of client values; "

@@ -13,7 +13,9 @@ a frame, so running does no name lookups:
   federated ones run on the server through the run's `ClientSession`
   (runtimes/backend.py); sequence intrinsics and local graphs (through
   runtimes/graph_evaluator.py) run wherever the code calling them runs, on
-  the server or in client work.
+  the server or in client work;
+- a `Data` node naming a client data set becomes the session's `load`: the
+  clients read their own data where they live (runtimes/client_data.py).
 
 Runtime values: NumPy arrays (or NumPy scalars) for tensors, tuples for
 structs, lists for sequences, the member value for a value placed at SERVER,
@@ -58,6 +60,7 @@ from fedcc.ir.errors import BackendError, FederatedTypeError
 from fedcc.ir.types import FunctionType, PlacementType, StructType, TensorType, Type
 from fedcc.runtimes import structure
 from fedcc.runtimes.backend import ClientSession
+from fedcc.runtimes.client_data import client_data_element_type
 from fedcc.runtimes.intrinsic_implementations import bind_intrinsic
 
 Frame = list  # [parent frame, context, slot, ...]
@@ -363,11 +366,24 @@ def _build_local_graph(node: LocalGraph, children: list[Compiled], _: None) -> C
 
 
 def _build_data(node: Data, children: list[Compiled], _: None) -> Compiled:
+    # A client data set is loaded where its clients live: the session asks each of them.
+    uri = node.uri
+    element_type = client_data_element_type(node.type_signature)
+    if element_type is None:
+
+        def refuse(frame: Frame) -> Any:
+            raise BackendError(
+                f"cannot load the data set {uri!r} ({node.type_signature}): only client data "
+                "sets, of type {T*}@CLIENTS, are loaded (see runtimes/client_data.py)"
+            )
+
+        return refuse
+
     def data(frame: Frame) -> Any:
-        raise BackendError(
-            f"cannot load the data set {node.uri!r} ({node.type_signature}): "
-            "this runtime has no data loaders yet"
-        )
+        session = frame[_CONTEXT].session
+        if session is None:
+            raise BackendError(f"the client data set {uri!r} cannot be loaded inside client work")
+        return session.load(uri, element_type)
 
     return data
 

@@ -25,7 +25,7 @@ from fedcc.ir.errors import BackendError
 from fedcc.runtimes.backend import Backend
 
 ENTRY_POINT_GROUP = "fedcc.backends"
-DEFAULT_BACKEND = "reference"
+DEFAULT_BACKEND = "threads"
 
 _current: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
     "fedcc_current_backend", default=None

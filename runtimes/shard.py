@@ -26,7 +26,8 @@ import numpy as np
 
 from fedcc.ir.building_blocks import BuildingBlock
 from fedcc.ir.errors import BackendError
-from fedcc.runtimes import reduction
+from fedcc.ir.types import Type
+from fedcc.runtimes import client_data, reduction
 from fedcc.runtimes.aggregations import tree_operations
 from fedcc.runtimes.backend import (
     Aggregation,
@@ -55,6 +56,19 @@ class BroadcastRequest:
 
     handle: int
     value: Any
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Keep the shard's clients' part of the client data set `uri` under `handle`.
+
+    Each client's value is a sequence of `element_type`; the shard loads only
+    its own clients, through runtimes/client_data.py (cached in its process).
+    """
+
+    handle: int
+    uri: str
+    element_type: Type
 
 
 @dataclass(frozen=True)
@@ -90,8 +104,8 @@ class ReleaseRequest:
 
 
 ShardRequest = (
-    PlaceRequest | BroadcastRequest | MapRequest | AggregateRequest | MaterializeRequest
-    | ReleaseRequest
+    PlaceRequest | BroadcastRequest | LoadRequest | MapRequest | AggregateRequest
+    | MaterializeRequest | ReleaseRequest
 )
 
 
@@ -126,6 +140,11 @@ class ClientShard:
 
     def broadcast(self, request: BroadcastRequest) -> None:
         self._broadcasts[request.handle] = request.value
+
+    def load(self, request: LoadRequest) -> None:
+        self._values[request.handle] = client_data.load_clients(
+            request.uri, request.element_type, self.num_clients, self.start, self.stop
+        )
 
     def map(self, request: MapRequest) -> None:
         call_with_stack_for(request.function.depth, self._map, request)
@@ -194,6 +213,7 @@ class ClientShard:
 _HANDLERS: dict[type, Callable[[ClientShard, Any], Any]] = {
     PlaceRequest: ClientShard.place,
     BroadcastRequest: ClientShard.broadcast,
+    LoadRequest: ClientShard.load,
     MapRequest: ClientShard.map,
     AggregateRequest: ClientShard.aggregate,
     MaterializeRequest: ClientShard.materialize,
@@ -252,6 +272,11 @@ class ShardedSession(ClientSession):
             raise BackendError(f"expected {self.num_clients} client values, found {len(values)}")
         handle = self._new_handle()
         self.dispatch([PlaceRequest(handle.id, list(values[a:b])) for a, b in self.bounds])
+        return handle
+
+    def load(self, uri: str, element_type: Type) -> Handle:
+        handle = self._new_handle()
+        self.dispatch([LoadRequest(handle.id, uri, element_type)] * len(self.bounds))
         return handle
 
     def map(self, intrinsic: str, function: BuildingBlock, argument: ClientValue | None) -> Handle:

@@ -13,6 +13,7 @@ from fedcc.ir.type_text import parse_type
 from fedcc.runtimes import backends, get_backend, registry, run, use_backend
 from fedcc.runtimes.backend import Backend
 from fedcc.runtimes.reference import InProcessSession, ReferenceBackend
+from fedcc.runtimes.threads import ThreadsBackend
 
 
 class CountingBackend(Backend):
@@ -73,9 +74,9 @@ def test_the_reference_backend_is_installed_through_the_entry_point_group():
     assert isinstance(get_backend("reference"), ReferenceBackend)
 
 
-def test_runs_use_the_reference_backend_by_default():
-    assert registry.DEFAULT_BACKEND == "reference"
-    assert isinstance(registry.current_backend(), ReferenceBackend)
+def test_runs_use_the_threads_backend_by_default():
+    assert registry.DEFAULT_BACKEND == "threads"
+    assert isinstance(registry.current_backend(), ThreadsBackend)
     assert run(mean(), [1.0, 2.0, 6.0]) == np.float32(3.0)
 
 
@@ -116,7 +117,7 @@ def test_use_backend_chooses_the_backend_inside_the_block_and_closes_what_it_mad
             assert registry.current_backend() is inner
         assert registry.current_backend() is backend
     assert backend.sessions == 1 and backend.closed
-    assert isinstance(registry.current_backend(), ReferenceBackend)
+    assert isinstance(registry.current_backend(), ThreadsBackend)
 
 
 def test_use_backend_with_an_instance_leaves_it_open():
@@ -134,8 +135,10 @@ def test_use_backend_with_an_instance_leaves_it_open():
 def test_options_without_a_name_need_no_use_backend_block(third_party):
     with use_backend("counting"), pytest.raises(BackendError, match="need a backend name"):
         run(mean(), [1.0], workers=2)
-    with pytest.raises(BackendError, match="the reference backend takes no options"):
-        run(mean(), [1.0], workers=2)
+    # Options without a name go to the default backend.
+    assert run(mean(), [1.0, 3.0], workers=2) == np.float32(2.0)
+    with pytest.raises(BackendError, match="threads backend takes workers=, timeout=; found sh"):
+        run(mean(), [1.0], shards=2)
     with pytest.raises(BackendError, match="go with a backend name"):
         run(mean(), [1.0], backend=CountingBackend(), workers=2)
 

@@ -61,10 +61,23 @@ from fedcc.ir.types import (
     Type,
     to_type,
 )
+from fedcc.optimization import optimize
 from fedcc.persistence import deserialize, load, parse_text, save, serialize, to_text
 from fedcc.runtimes import backends, use_backend
 
 __version__ = "0.1.0"
+
+# The learning library and federated data build on everything above; they load on first use.
+_LAZY_SUBPACKAGES = ("data", "learning")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"fedcc.{name}")
+    raise AttributeError(f"module 'fedcc' has no attribute {name!r}")
+
 
 __all__ = [
     "CLIENTS",
@@ -88,6 +101,7 @@ __all__ = [
     "Type",
     "TypeSyntaxError",
     "backends",
+    "data",
     "deserialize",
     "eager",
     "federated_aggregate",
@@ -105,8 +119,10 @@ __all__ = [
     "federated_value",
     "federated_zip",
     "grad",
+    "learning",
     "load",
     "numpy_computation",
+    "optimize",
     "parse_text",
     "parse_type",
     "random",

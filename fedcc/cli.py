@@ -77,8 +77,9 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-# Optimization passes come with a later issue; until then only level 0 (no passes) exists.
-AVAILABLE_OPTIMIZATION_LEVELS = (0,)
+# 0: no passes; 1: canonicalize; 2: also the federated and local rewrites (DESIGN §7).
+AVAILABLE_OPTIMIZATION_LEVELS = (0, 1, 2)
+DEFAULT_OPTIMIZATION_LEVEL = 2
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -130,18 +131,70 @@ def load_attribute(target: str) -> Any:
         raise UsageError(f"module {module_text!r} has no attribute {attribute!r}") from None
 
 
-def _compile(args: argparse.Namespace) -> int:
+def _ir_of(target: Any):
+    """The building block or program a compiled object stands for."""
     import fedcc as fc
+    from fedcc.ir import serialization
+    from fedcc.ir.building_blocks import BuildingBlock
 
-    if args.optimization_level not in AVAILABLE_OPTIMIZATION_LEVELS:
+    if isinstance(target, fc.Computation):
+        return target.building_block
+    if isinstance(target, fc.ComputationBundle):
+        return target.program
+    if isinstance(target, (BuildingBlock, fc.Program)):
+        return target
+    # Anything else: serializing it says what can be compiled (or reads it, if it can be).
+    return serialization.deserialize(fc.serialize(target))
+
+
+def _write_optimized(path: str, x, report, metadata: dict[str, str]) -> bytes:
+    """Writes `x` with the passes of `report` recorded in its metadata; returns the bytes."""
+    from fedcc.compiler.pass_manager import record_passes
+    from fedcc.ir import serialization
+    from fedcc.ir.building_blocks import BuildingBlock
+
+    if isinstance(x, BuildingBlock):
+        data = serialization.serialize(x, record_passes(metadata, report.passes_applied()))
+    else:
+        data = serialization.serialize(x)  # the pass manager recorded them in the program
+    Path(path).write_bytes(data)
+    return data
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from fedcc.compiler.pass_manager import optimize_with_report
+
+    level = args.optimization_level
+    if level not in AVAILABLE_OPTIMIZATION_LEVELS:
         raise UsageError(
-            f"-O {args.optimization_level}: optimization passes are not available yet; "
-            f"use -O {AVAILABLE_OPTIMIZATION_LEVELS[0]} (no passes)"
+            f"-O {level}: unknown optimization level; use one of "
+            f"{', '.join(map(str, AVAILABLE_OPTIMIZATION_LEVELS))}"
         )
     target = load_attribute(args.target)
-    data = fc.serialize(target)
-    Path(args.output).write_bytes(data)
-    print(f"{args.output}: {len(data)} bytes from {args.target}")
+    optimized, report = optimize_with_report(_ir_of(target), level)
+    data = _write_optimized(args.output, optimized, report, {})
+    print(f"{args.output}: {len(data)} bytes from {args.target} (-O {level})")
+    return 0
+
+
+def _opt(args: argparse.Namespace) -> int:
+    from fedcc.compiler.pass_manager import run_passes
+    from fedcc.compiler.passes import parse_pipeline
+    from fedcc.compiler.verify import verify
+    from fedcc.ir import serialization
+
+    names = parse_pipeline(args.passes)
+    data = Path(args.file).read_bytes()
+    x = serialization.deserialize(data)
+    metadata = serialization.deserialize_program(data).metadata
+    if args.verify_each:
+        verify(x)  # so that a problem is blamed on the input, not on the first pass
+    printer = (lambda text: print(text, end="")) if args.print_after_all else None
+    result, report = run_passes(x, names, verify_each=args.verify_each, print_after_all=printer)
+    written = _write_optimized(args.output, result, report, metadata)
+    if args.stats:
+        print(report.format_table())
+    print(f"{args.output}: {len(written)} bytes after {', '.join(names)}")
     return 0
 
 
@@ -169,12 +222,19 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import fedcc as fc
-    from fedcc.npz_values import flatten_result, read_arguments, summary_lines
+    from fedcc.npz_values import (
+        bind_client_folders,
+        flatten_result,
+        read_arguments,
+        summary_lines,
+    )
 
     computation = _single_computation(fc.load(args.file), args.computation, args.file)
     signature = computation.type_signature
-    arguments = read_arguments(signature, args.args, args.clients)
-    result = fc.run(computation, *arguments, backend=args.backend)
+    arguments = read_arguments(signature, args.args, args.clients, args.batch_size)
+    # Client data that is a sequence is read by the workers that hold the clients.
+    block, arguments = bind_client_folders(computation.building_block, arguments)
+    result = fc.run(block, *arguments, backend=args.backend)
     flat = flatten_result(result, signature.result)
     if args.out is not None:
         np.savez(args.out, **flat)
@@ -183,11 +243,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from fedcc import demo
+
+    return demo.run(args)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "compile": ("save a Python computation (MODULE:ATTR) as a .pb file", _compile),
+    "opt": ("run named optimization passes on a .pb file", _opt),
     "dump": ("print a .pb file as text, compact text, JSON or Graphviz dot", _dump),
     "check": ("validate a .pb file: format, types, scoping", _check),
     "run": ("run a .pb file on a backend with .npz arguments and client data", _run),
+    "demo": ("compile FedAvg, then train it on synthetic federated data", _demo),
 }
 
 
@@ -210,9 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
         "-O",
         dest="optimization_level",
         type=int,
-        default=0,
+        default=DEFAULT_OPTIMIZATION_LEVEL,
         metavar="LEVEL",
-        help="optimization level; only 0 (no passes) until the passes land",
+        help="optimization level: 0 no passes, 1 canonicalize, 2 (default) also federated "
+        "and local rewrites",
+    )
+
+    opt = commands.add_parser("opt", help=COMMANDS["opt"][0])
+    opt.add_argument("file", metavar="IN.pb")
+    opt.add_argument("-o", "--output", required=True, metavar="OUT.pb")
+    opt.add_argument(
+        "--passes", required=True, metavar="a,b,c", help="pass names, run in this order"
+    )
+    opt.add_argument(
+        "--verify-each", action="store_true", help="verify the program after every pass"
+    )
+    opt.add_argument(
+        "--print-after-all", action="store_true", help="print the program after every pass"
+    )
+    opt.add_argument(
+        "--stats", action="store_true", help="print each pass's time and node counts"
     )
 
     dump = commands.add_parser("dump", help=COMMANDS["dump"][0])
@@ -236,10 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--args", metavar="FILE.npz", help="arguments not placed at CLIENTS: arg0, arg1.field, ..."
     )
     run.add_argument("--clients", metavar="DIR", help="one .npz a client, in file-name order")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="cut client data that is a sequence into batches of N examples",
+    )
     run.add_argument("--out", metavar="results.npz", help="write the flattened results here")
     run.add_argument(
         "--computation", metavar="NAME", help="which computation of a file that holds several"
     )
+
+    from fedcc import demo
+
+    demo.add_arguments(commands.add_parser("demo", help=COMMANDS["demo"][0]))
     return parser
 
 

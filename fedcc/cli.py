@@ -234,7 +234,8 @@ def _run(args: argparse.Namespace) -> int:
     arguments = read_arguments(signature, args.args, args.clients, args.batch_size)
     # Client data that is a sequence is read by the workers that hold the clients.
     block, arguments = bind_client_folders(computation.building_block, arguments)
-    result = fc.run(block, *arguments, backend=args.backend)
+    options = {} if args.workers is None else {"workers": args.workers}
+    result = fc.run(block, *arguments, backend=args.backend, **options)
     flat = flatten_result(result, signature.result)
     if args.out is not None:
         np.savez(args.out, **flat)
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help=COMMANDS["run"][0])
     run.add_argument("file", metavar="FILE.pb")
     run.add_argument("--backend", required=True, metavar="NAME", help="e.g. reference")
+    run.add_argument(
+        "--workers", type=int, metavar="N", help="worker count (every backend but reference)"
+    )
     run.add_argument(
         "--args", metavar="FILE.npz", help="arguments not placed at CLIENTS: arg0, arg1.field, ..."
     )

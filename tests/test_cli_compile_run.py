@@ -86,7 +86,21 @@ def test_run_reads_one_npz_a_client_and_writes_the_result(sensor_pb, sensor_clie
     assert result.stdout.startswith("result: float32 = ")
 
 
-def test_fedsgd_compile_dump_run_matches_the_in_process_round_bit_for_bit(tmp_path):
+@pytest.mark.parametrize(
+    "backend",
+    [
+        ["--backend", "reference"],
+        ["--backend", "processes", "--workers", "2"],
+        pytest.param(
+            ["--backend", "dask", "--workers", "2"],
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("distributed") is None, reason="the dask extra"
+            ),
+        ),
+    ],
+    ids=["reference", "processes", "dask"],
+)
+def test_fedsgd_compile_dump_run_matches_the_in_process_round_bit_for_bit(tmp_path, backend):
     example = load_example("fedsgd_linear_regression")
     pb = tmp_path / "round.pb"
     compiled = fedcc_command(
@@ -107,7 +121,7 @@ def test_fedsgd_compile_dump_run_matches_the_in_process_round_bit_for_bit(tmp_pa
         np.savez(clients / f"client_{index:03d}.npz", **batch)
     out = tmp_path / "results.npz"
     ran = fedcc_command(
-        "run", str(pb), "--backend", "reference", "--args", str(tmp_path / "args.npz"),
+        "run", str(pb), *backend, "--args", str(tmp_path / "args.npz"),
         "--clients", str(clients), "--out", str(out),
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
@@ -177,6 +191,14 @@ def test_a_bad_client_file_is_one_line_naming_file_and_key(sensor_pb, tmp_path, 
     )
     line = one_error_line(result)
     assert line == f"fedcc run: error: {folder / 'client_001.npz'}: {message}"
+
+
+def test_workers_on_the_reference_backend_is_one_line(sensor_pb, sensor_clients):
+    folder, _ = sensor_clients
+    result = fedcc_command(
+        "run", str(sensor_pb), "--backend", "reference", "--workers", "2", "--clients", str(folder)
+    )
+    assert "reference backend takes no options" in one_error_line(result)
 
 
 def test_run_errors_name_what_is_missing(sensor_pb, sensor_clients, tmp_path):

@@ -3,7 +3,7 @@
 The public API re-exports the parts users need; see DESIGN.md for the contract.
 """
 
-from fedcc import random
+from fedcc import forms, random
 from fedcc.computation import (
     Computation,
     ComputationBundle,
@@ -14,6 +14,7 @@ from fedcc.decorators import (
     federated_computation,
     grad,
     numpy_computation,
+    stop_gradient,
     value_and_grad,
 )
 
@@ -118,6 +119,7 @@ __all__ = [
     "federated_sum",
     "federated_value",
     "federated_zip",
+    "forms",
     "grad",
     "learning",
     "load",
@@ -132,6 +134,7 @@ __all__ = [
     "sequence_reduce",
     "sequence_sum",
     "serialize",
+    "stop_gradient",
     "to_text",
     "to_type",
     "use_backend",

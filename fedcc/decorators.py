@@ -7,7 +7,8 @@ one a parameter (several parameters make one struct parameter, as in TFF), or
 one struct type whose elements the parameters unpack. Without types, a
 computation of parameters is polymorphic: traced on each call for the
 arguments' types, and cached per type. `fc.grad` and `fc.value_and_grad` turn
-a NumPy computation into its gradient computation.
+a NumPy computation into its gradient computation; `fc.stop_gradient` marks a
+value inside one as a constant to them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from fedcc.compiler import federated_tracer as tracer
 from fedcc.compiler.federated_tracer import ParameterLayout
+from fedcc.compiler.numpy_tracer import bind
 from fedcc.computation import Computation, PolymorphicComputation
 from fedcc.ir.building_blocks import LocalGraph
 from fedcc.ir.errors import FederatedTypeError
@@ -144,6 +146,15 @@ def _gradient(computation: Any, argnum: int, with_value: bool, what: str) -> Com
         layout=layout,
         result_skeleton=skeleton,
     )
+
+
+def stop_gradient(x: Any) -> Any:
+    """`x` itself, through which `fc.grad` passes no gradient (as `jax.lax.stop_gradient`).
+
+    Inside a `numpy_computation` it adds one `stop_gradient` op; on concrete
+    values it returns them as arrays.
+    """
+    return bind("stop_gradient", x)
 
 
 def grad(computation: Computation, argnum: int = 0) -> Computation:

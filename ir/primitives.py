@@ -543,6 +543,10 @@ def _elementwise_binary(
     return Primitive(name, f"{meaning}, with broadcasting", 2, rule, ufunc, gradient=gradient)
 
 
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
 def _elementwise_unary(
     name: str,
     function: Callable[[np.ndarray], np.ndarray],
@@ -845,12 +849,14 @@ def _cast_gradient(
 # Reductions.
 
 
+# The reductions call the ufuncs' reduce directly: it is what np.sum, np.max, ... run on
+# an ndarray, without their Python-level argument handling (several microseconds a call).
 def _sum(x: np.ndarray, *, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
-    return np.sum(x, axis=axis, dtype=x.dtype, keepdims=keepdims)
+    return np.add.reduce(x, axis=axis, dtype=x.dtype, keepdims=keepdims)
 
 
 def _prod(x: np.ndarray, *, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
-    return np.prod(x, axis=axis, dtype=x.dtype, keepdims=keepdims)
+    return np.multiply.reduce(x, axis=axis, dtype=x.dtype, keepdims=keepdims)
 
 
 def _mean(x: np.ndarray, *, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
@@ -863,11 +869,11 @@ def _mean(x: np.ndarray, *, axis: tuple[int, ...] | None, keepdims: bool) -> np.
 
 
 def _max(x: np.ndarray, *, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
-    return np.max(x, axis=axis, keepdims=keepdims)
+    return np.maximum.reduce(x, axis=axis, keepdims=keepdims)
 
 
 def _min(x: np.ndarray, *, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
-    return np.min(x, axis=axis, keepdims=keepdims)
+    return np.minimum.reduce(x, axis=axis, keepdims=keepdims)
 
 
 def _reduce_sum_gradient(
@@ -1090,7 +1096,9 @@ def _expand_dims_rule(input_types: Sequence[TensorType], *, axis: int) -> Tensor
 
 
 def _expand_dims(x: np.ndarray, *, axis: int) -> np.ndarray:
-    return np.expand_dims(x, axis)
+    # A reshape is what np.expand_dims returns, without its axis normalization.
+    position = axis if axis >= 0 else axis + x.ndim + 1
+    return x.reshape((*x.shape[:position], 1, *x.shape[position:]))
 
 
 def _squeeze_rule(
@@ -1193,7 +1201,20 @@ def _broadcast_like_rule(input_types: Sequence[TensorType]) -> TensorType:
     return TensorType(x.dtype, _broadcast_into(x, like.shape, f"the shape of {like}"))
 
 
+# Up to this many elements broadcast_like copies (one allocation) instead of making a view.
+_SMALL_BROADCAST = 4096
+
+
 def _broadcast_like(x: np.ndarray, like: np.ndarray) -> np.ndarray:
+    # Autodiff emits this for every broadcast it undoes; most are no-ops at run time.
+    if x.shape == like.shape:
+        return x
+    if like.size <= _SMALL_BROADCAST:
+        # np.broadcast_to costs several microseconds of argument handling; a small
+        # copy, the same values, costs one.
+        result = np.empty(like.shape, x.dtype)
+        result[...] = x
+        return result
     return np.broadcast_to(x, like.shape)
 
 
@@ -1219,13 +1240,20 @@ def _sum_to_like_rule(input_types: Sequence[TensorType]) -> TensorType:
 
 def _sum_to_like(x: np.ndarray, like: np.ndarray) -> np.ndarray:
     target = like.shape
-    if np.broadcast_shapes(target, x.shape) != x.shape:
-        raise ValueError(f"shape {list(target)} does not broadcast to {list(x.shape)}")
+    # Autodiff emits this for every broadcast it undoes; most sum over no axis at run
+    # time. Those give x itself (a sum over no axes would also turn -0.0 into 0.0).
+    if target == x.shape:
+        return x
     lead = x.ndim - len(target)
+    # `like` broadcasts to x's shape: no more dims, and each is x's or 1.
+    if lead < 0 or any(
+        dim != 1 and dim != x.shape[lead + i] for i, dim in enumerate(target)
+    ):
+        raise ValueError(f"shape {list(target)} does not broadcast to {list(x.shape)}")
     axes = tuple(range(lead)) + tuple(
         lead + i for i, dim in enumerate(target) if dim == 1 and x.shape[lead + i] != 1
     )
-    return np.sum(x, axis=axes, dtype=x.dtype, keepdims=True).reshape(target)
+    return np.add.reduce(x, axis=axes, dtype=x.dtype, keepdims=True).reshape(target)
 
 
 # ---------------------------------------------------------------------------
@@ -1636,6 +1664,9 @@ _ELEMENTWISE_UNARIES = (
     ("sin", np.sin, FLOAT, _chain(_sin_derivative), "np.sin(x)"),
     ("cos", np.cos, FLOAT, _chain(_cos_derivative), "np.cos(x)"),
     ("logical_not", np.logical_not, BOOL, None, "~x on bools"),
+    # As jax.lax.stop_gradient: a constant to autodiff, e.g. the row maximum that a
+    # log-sum-exp subtracts (its gradient contributions cancel; computing them is waste).
+    ("stop_gradient", _identity, ANY, None, "x itself; no gradient flows back through it"),
 )
 
 # (name, function, input kinds, needs a non-empty axis, gradient, meaning)

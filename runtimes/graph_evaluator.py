@@ -75,18 +75,22 @@ def _release_plan(graph: Graph) -> tuple[tuple[int, ...], ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _prepared_steps(graph: Graph) -> tuple[tuple, ...]:
-    """Each op once, ready to run: its primitive, inputs, attributes, result type, values to drop.
+def _prepared_steps(graph: Graph) -> tuple[tuple[tuple, ...], list[tuple[int, ...] | None]]:
+    """Each op once, ready to run, and the result shape each op last passed the check with.
 
-    Ops keep their attributes canonical, so running a prepared graph skips the
-    per-call checks that `primitives.evaluate` makes for a lone op. The result
-    check is one dtype identity and one shape comparison when the type's shape
-    is fully known; anything else goes through `primitives.conform_result`.
+    A step is its primitive, inputs, attributes, result type and dtype, and the
+    values to drop after it. Ops keep their attributes canonical, so running a
+    prepared graph skips the per-call checks that `primitives.evaluate` makes
+    for a lone op. The shapes start as the fully known result shapes (None
+    where a dim is `?`) and then remember the last shape that
+    `primitives.conform_result` accepted, so that a graph run again on the same
+    batch size checks each result with one dtype identity and one shape
+    comparison. A stale entry only sends a result down the full check again.
     """
     release = _release_plan(graph)
     steps = []
+    accepted_shapes: list[tuple[int, ...] | None] = []
     for op, dead in zip(graph.ops, release, strict=True):
-        known_shape = op.result_type.shape if op.result_type.is_fully_defined() else None
         steps.append(
             (
                 primitives.PRIMITIVES[op.primitive],
@@ -94,11 +98,12 @@ def _prepared_steps(graph: Graph) -> tuple[tuple, ...]:
                 op.attrs,
                 op.result_type,
                 op.result_type.dtype,
-                known_shape,
                 dead,
             )
         )
-    return tuple(steps)
+        fully_known = op.result_type.is_fully_defined()
+        accepted_shapes.append(op.result_type.shape if fully_known else None)
+    return tuple(steps), accepted_shapes
 
 
 def evaluate_graph(graph: Graph, arguments: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -110,31 +115,33 @@ def evaluate_graph(graph: Graph, arguments: Sequence[np.ndarray]) -> list[np.nda
     """
     values: list[np.ndarray | None] = check_arguments(graph, arguments)
     values.extend([None] * len(graph.ops))
-    index = graph.num_parameters
+    first = graph.num_parameters
+    steps, accepted_shapes = _prepared_steps(graph)
     ndarray = np.ndarray
     with np.errstate(all="ignore"):
-        for primitive, inputs, attrs, result_type, dtype, shape, dead in _prepared_steps(graph):
+        for position, (primitive, inputs, attrs, result_type, dtype, dead) in enumerate(steps):
             arrays = [values[i] for i in inputs]
             try:
                 result = primitive.impl(*arrays, **attrs)
             except (ValueError, IndexError) as error:
                 cause = primitives.implementation_error(primitive, arrays, error)
-                raise FederatedTypeError(f"op %{index} of {graph!r}: {cause}") from None
+                raise FederatedTypeError(f"op %{first + position} of {graph!r}: {cause}") from None
             # The common case costs two comparisons; the rest is conform_result's.
             if not (
                 type(result) is ndarray
                 and result.dtype is dtype
-                and shape is not None
-                and result.shape == shape
+                and result.shape == accepted_shapes[position]
             ):
                 try:
                     result = primitives.conform_result(primitive, result, result_type)
                 except FederatedTypeError as error:
-                    raise FederatedTypeError(f"op %{index} of {graph!r}: {error}") from None
-            values[index] = result
+                    raise FederatedTypeError(
+                        f"op %{first + position} of {graph!r}: {error}"
+                    ) from None
+                accepted_shapes[position] = result.shape
+            values[first + position] = result
             for value in dead:
                 values[value] = None
-            index += 1
     # Outputs leave as C-ordered arrays: a view (a transpose, a slice) summed later
     # gives other bits than a contiguous copy, and remote backends ship copies.
     outputs = [values[output] for output in graph.outputs]

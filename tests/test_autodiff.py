@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import fedcc as fc
 from fedcc.compiler.autodiff import grad_graph, without_dead_ops
 from fedcc.compiler.numpy_tracer import trace_numpy
 from fedcc.ir.errors import FederatedTypeError
@@ -290,6 +291,35 @@ def test_piecewise_constant_primitives_pass_no_gradient():
                                ["float64[4]"])
     x = np.array([0.3, 1.7, -2.2, 3.5])
     assert_same(evaluate_graph(gradient, [x])[0], np.floor(x))
+
+
+def test_stop_gradient_is_the_value_and_a_constant_to_autodiff():
+    def loss(x):
+        return (x * fc.stop_gradient(x * x)).sum()
+
+    forward = trace_numpy(loss, ["float64[4]"]).graph
+    x = floats(4)
+    assert evaluate_graph(forward, [x])[0] == (x * (x * x)).sum()
+    # d/dx of x * c, with c = x * x held constant, is c (not 3x²).
+    assert_same(evaluate_graph(grad_graph(forward), [x])[0], x * x)
+    assert_same(fc.stop_gradient(x), x)
+
+
+def test_a_log_sum_exp_with_a_stopped_maximum_has_the_same_gradient():
+    def log_sum_exp(x, largest):
+        return (np.log(np.exp(x - largest).sum(axis=1)) + largest[:, 0]).sum()
+
+    def plain(x):
+        return log_sum_exp(x, x.max(axis=1, keepdims=True))
+
+    def stopped(x):
+        return log_sum_exp(x, fc.stop_gradient(x.max(axis=1, keepdims=True)))
+
+    x = floats(5, 3)
+    gradients = [
+        evaluate_graph(traced_gradient(f, ["float64[?,3]"]), [x])[0] for f in (plain, stopped)
+    ]
+    np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-12)
 
 
 def test_a_result_that_does_not_depend_on_the_parameter_has_zero_gradient():

@@ -160,6 +160,7 @@ EXAMPLES: dict[str, list[Case]] = {
         lambda x: np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x))), WIDE
     ),
     "floor": _unary_cases(np.floor, SPECIAL),
+    "stop_gradient": [*_unary_cases(lambda x: x, SPECIAL), case(lambda x: x, B23)],
     "ceil": _unary_cases(np.ceil, SPECIAL),
     "round": _unary_cases(np.round, SPECIAL),
     "sin": _unary_cases(np.sin, X23),

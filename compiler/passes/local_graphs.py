@@ -62,12 +62,16 @@ FRESH_RESULTS = frozenset(
         "square", "reciprocal", "sigmoid", "floor", "ceil", "round", "sin", "cos",
         "logical_not", "reduce_sum", "reduce_prod", "reduce_mean", "reduce_max",
         "reduce_min", "argmax", "argmin", "where", "clip", "cast", "zeros_like",
-        "ones_like", "matmul", "concatenate", "take", "sum_to_like", "constant",
+        "ones_like", "matmul", "concatenate", "take", "constant",
         "one_hot", "random_uniform", "random_normal", "random_fold_in",
     }
 )  # fmt: skip
-# A view of input 0 that has gaps exactly when the input has.
-VIEWS_OF_INPUT = frozenset({"reshape", "reshape_like", "transpose", "expand_dims", "squeeze"})
+# A view of input 0 that has gaps exactly when the input has (or, for sum_to_like, input 0
+# itself when the shapes agree and a fresh array when they do not).
+VIEWS_OF_INPUT = frozenset(
+    {"reshape", "reshape_like", "transpose", "expand_dims", "squeeze", "stop_gradient",
+     "sum_to_like"}
+)  # fmt: skip
 # A view that may have gaps or zero strides even when the input has none.
 GAPPY_VIEWS = frozenset({"slice", "broadcast_to", "broadcast_like"})
 
@@ -87,7 +91,7 @@ BIT_MOVING = frozenset(
     {
         "negative", "abs", "maximum", "minimum", "clip", "where", "cast", "reshape",
         "reshape_like", "transpose", "expand_dims", "squeeze", "slice", "broadcast_to",
-        "broadcast_like", "take", "concatenate", "reduce_max", "reduce_min",
+        "broadcast_like", "take", "concatenate", "reduce_max", "reduce_min", "stop_gradient",
     }
 )  # fmt: skip
 

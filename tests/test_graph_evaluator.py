@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 from typing import Any
 
 import numpy as np
 import pytest
+from strategies import sample_local_graphs
+from test_passes_local import awkward_argument
 
 from fedcc.ir.errors import FederatedTypeError
 from fedcc.ir.local_graph import Graph, Op
 from fedcc.ir.primitives import infer_result_type
 from fedcc.ir.types import TensorType, tensor_leaves, to_type
-from fedcc.runtimes.graph_evaluator import _release_plan, evaluate_graph
+from fedcc.runtimes.graph_evaluator import (
+    _RUNS_BEFORE_COMPILING,
+    _compiled,
+    _release_plan,
+    _run_steps,
+    evaluate_graph,
+)
 
 
 def build(parameter_type: Any, ops: list[tuple], outputs: list[int], result_type: Any) -> Graph:
@@ -246,3 +255,94 @@ def test_outputs_are_c_contiguous_even_when_an_op_returns_a_view():
     (result,) = evaluate_graph(graph, [source])
     assert result.flags.c_contiguous
     np.testing.assert_array_equal(result, source.T)
+
+
+# ---------------------------------------------------------------------------
+# A graph run often goes through its compiled form: the same bits, errors and memory.
+
+
+def evaluate_compiled(graph: Graph, arguments: list[np.ndarray]) -> list[np.ndarray]:
+    """`evaluate_graph` once the graph has run often enough to go through its compiled form."""
+    for _ in range(_RUNS_BEFORE_COMPILING):
+        with contextlib.suppress(FederatedTypeError):
+            evaluate_graph(graph, arguments)
+    return evaluate_graph(graph, arguments)
+
+
+def run_compiled_form(graph: Graph, arguments: list[np.ndarray]) -> list[np.ndarray]:
+    """The compiled form alone; an implementation's own error becomes a FederatedTypeError."""
+    try:
+        with np.errstate(all="ignore"):
+            return _compiled(graph)(*arguments)
+    except (ValueError, IndexError) as error:
+        raise FederatedTypeError(f"the compiled form failed: {error}") from None
+
+
+def bits_or_error(run, graph: Graph, arguments: list[np.ndarray]):
+    try:
+        outputs = run(graph, arguments)
+    except FederatedTypeError as error:
+        return str(error)
+    return [(a.dtype.str, a.shape, np.ascontiguousarray(a).tobytes()) for a in outputs]
+
+
+def test_the_compiled_form_gives_the_bits_and_errors_of_the_step_loop():
+    rng = np.random.default_rng(11)
+    graphs = sample_local_graphs(300, seed=43)
+    failures = 0
+    for graph in graphs:
+        for _ in range(2):
+            arguments = [awkward_argument(t, rng) for t in graph.parameter_leaves]
+            looped = bits_or_error(_run_steps, graph, arguments)
+            compiled = bits_or_error(run_compiled_form, graph, arguments)
+            if isinstance(looped, str):
+                failures += 1
+                # The compiled form fails too; evaluate_graph then names the op, as the loop does.
+                assert isinstance(compiled, str)
+                assert bits_or_error(evaluate_compiled, graph, arguments) == looped
+            else:
+                assert compiled == looped
+                assert bits_or_error(evaluate_compiled, graph, arguments) == looped
+    assert failures < len(graphs)  # most sampled graphs run
+
+
+def test_logistic_regression_compiled_matches_numpy_and_outputs_may_be_parameters():
+    graph = logistic_regression_graph()
+    for batch in (3, 3, 3, 5, 1):  # a new batch size passes the full result check again
+        arguments = data(batch, seed=batch)
+        results = evaluate_compiled(graph, arguments)
+        for result, want in zip(results, logistic_regression_numpy(*arguments), strict=True):
+            assert np.asarray(want).tobytes() == result.tobytes()
+    pair = "<float32[3],float32[3]>"
+    graph = build(pair, [("add", [0, 1], {})], [2, 0], pair)
+    a, b = np.float32([1, 2, 3]), np.float32([4, 5, 6])
+    total, first = evaluate_compiled(graph, [a, b])
+    assert first is a
+    np.testing.assert_array_equal(total, a + b)
+
+
+def test_a_compiled_graph_still_names_the_op_that_failed():
+    graph = build(
+        "<float32[?],float32[?]>", [("add", [0, 1], {}), ("exp", [2], {})], [3], "float32[?]"
+    )
+    fine = [np.ones(2, np.float32), np.ones(2, np.float32)]
+    evaluate_compiled(graph, fine)
+    with pytest.raises(FederatedTypeError, match=r"op %2 .*'add' failed on inputs"):
+        evaluate_graph(graph, [np.ones(2, np.float32), np.ones(3, np.float32)])
+    np.testing.assert_array_equal(evaluate_graph(graph, fine)[0], np.exp(np.float32(2)))
+
+
+def test_a_compiled_long_chain_holds_only_live_values():
+    size = 1 << 20
+    graph = build("float32[?]", [("negative", [i], {}) for i in range(30)], [30], "float32[?]")
+    small = np.ones(4, np.float32)
+    evaluate_compiled(graph, [small])
+    argument = np.ones(size, np.float32)
+    tracemalloc.start()
+    try:
+        (result,) = evaluate_graph(graph, [argument])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(result[:3], [1, 1, 1])
+    assert peak < 4 * argument.nbytes

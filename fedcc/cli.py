@@ -171,9 +171,27 @@ def _compile(args: argparse.Namespace) -> int:
             f"{', '.join(map(str, AVAILABLE_OPTIMIZATION_LEVELS))}"
         )
     target = load_attribute(args.target)
+    if args.form is not None:
+        return _compile_form(args, target, level)
     optimized, report = optimize_with_report(_ir_of(target), level)
     data = _write_optimized(args.output, optimized, report, {})
     print(f"{args.output}: {len(data)} bytes from {args.target} (-O {level})")
+    return 0
+
+
+# The forms `--form` can write (DESIGN §7).
+FORMS = ("mapreduce",)
+
+
+def _compile_form(args: argparse.Namespace, target: Any, level: int) -> int:
+    from fedcc.forms import map_reduce_form_program
+    from fedcc.ir import serialization
+
+    program = map_reduce_form_program(_ir_of(target), optimization_level=level)
+    data = serialization.serialize(program)
+    Path(args.output).write_bytes(data)
+    names = ", ".join(program.computations)
+    print(f"{args.output}: {len(data)} bytes, the MapReduceForm of {args.target} ({names})")
     return 0
 
 
@@ -283,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LEVEL",
         help="optimization level: 0 no passes, 1 canonicalize, 2 (default) also federated "
         "and local rewrites",
+    )
+    compile_.add_argument(
+        "--form",
+        choices=FORMS,
+        help="write the round (a process's next) split into MapReduceForm's computations",
     )
 
     opt = commands.add_parser("opt", help=COMMANDS["opt"][0])

@@ -22,6 +22,8 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from fedcc.compiler import federated_tracer as tracer
 from fedcc.compiler import numpy_tracer
 from fedcc.compiler.federated_tracer import FunctionLike, ParameterLayout
@@ -252,6 +254,8 @@ def _holds_numpy_tracers(values: Sequence[Any]) -> bool:
     stack = list(values)
     while stack:
         value = stack.pop()
+        if type(value) is np.ndarray:
+            continue  # the common leaf, checked first: client data holds thousands
         if isinstance(value, numpy_tracer.Tracer):
             return True
         items = tracer.container_items(value)

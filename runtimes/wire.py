@@ -111,6 +111,15 @@ _VALUE_DOMAIN = b"fedcc.value.v1\0"
 _DTYPE_NAMES: tuple[str, ...] = tuple(DTYPES)
 _DTYPE_CODES: dict[str, int] = {name: code for code, name in enumerate(_DTYPE_NAMES)}
 _LITTLE = {name: np.dtype(name).newbyteorder("<") for name in _DTYPE_NAMES}
+# The same, keyed by the little-endian dtypes themselves: `dtype.name` is computed in
+# Python on every access, and a frame of a thousand clients asks for it ten thousand
+# times. Other byte orders miss here and go by name.
+_CODES_OF_LITTLE: dict[np.dtype, int] = {_LITTLE[name]: code for name, code in _DTYPE_CODES.items()}
+
+
+def _dtype_code(dtype: np.dtype) -> int | None:
+    code = _CODES_OF_LITTLE.get(dtype)
+    return _DTYPE_CODES.get(dtype.name) if code is None else code
 
 _U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
@@ -398,10 +407,10 @@ def function_bytes(block: BuildingBlock) -> tuple[bytes, bytes]:
 
 def _array_bytes(array: np.ndarray) -> memoryview:
     """The array's elements as little-endian bytes in C order, without a copy when possible."""
-    little = _LITTLE.get(array.dtype.name)
-    if little is None:
-        raise BackendError(f"cannot send an array of dtype {array.dtype}: not a fedcc dtype")
-    if array.dtype != little:
+    if array.dtype not in _CODES_OF_LITTLE:
+        little = _LITTLE.get(array.dtype.name)
+        if little is None:
+            raise BackendError(f"cannot send an array of dtype {array.dtype}: not a fedcc dtype")
         array = array.astype(little)
     if not array.flags.c_contiguous:
         array = np.array(array, order="C")
@@ -637,7 +646,7 @@ def _write_int(writer: Any, value: int) -> None:
 
 
 def _write_array(writer: Any, array: np.ndarray) -> None:
-    code = _DTYPE_CODES.get(array.dtype.name)
+    code = _dtype_code(array.dtype)
     if code is None:
         raise BackendError(f"cannot send an array of dtype {array.dtype}: not a fedcc dtype")
     if array.ndim > MAX_RANK:
@@ -649,7 +658,7 @@ def _write_array(writer: Any, array: np.ndarray) -> None:
 
 
 def _write_scalar(writer: Any, scalar: np.generic) -> None:
-    code = _DTYPE_CODES.get(scalar.dtype.name)
+    code = _dtype_code(scalar.dtype)
     if code is None:
         raise BackendError(f"cannot send a scalar of dtype {scalar.dtype}: not a fedcc dtype")
     writer.write(b"g" + _U8.pack(code) + bytes(_array_bytes(np.asarray(scalar))))

@@ -223,6 +223,12 @@ def test_a_round_of_every_sugar_runs_as_a_form_with_the_same_bits():
     assert_rounds_match(sugar_round, form, sugar_state(), float_clients, rounds=4)
 
 
+@pytest.mark.parametrize("level", [0, 1])
+def test_parts_left_less_optimized_give_the_same_bits(level):
+    form = to_map_reduce_form(sugar_round, optimization_level=level)
+    assert_rounds_match(sugar_round, form, sugar_state(), float_clients, rounds=2)
+
+
 def test_the_driver_folds_along_the_canonical_tree_not_in_client_order():
     """The comparison above would not notice a driver that folds in client order only if the
     orders gave the same bits; for these clients they do not."""

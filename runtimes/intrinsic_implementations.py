@@ -37,7 +37,15 @@ import numpy as np
 
 from fedcc.ir.building_blocks import Intrinsic, Reference, Selection, post_order
 from fedcc.ir.errors import BackendError, FederatedTypeError
-from fedcc.ir.types import SERVER, FederatedType, FunctionType, StructType, Type, tensor_leaves
+from fedcc.ir.types import (
+    SERVER,
+    FederatedType,
+    FunctionType,
+    StructType,
+    TensorType,
+    Type,
+    tensor_leaves,
+)
 from fedcc.runtimes import structure
 from fedcc.runtimes.backend import (
     Aggregation,
@@ -232,11 +240,9 @@ def _secure_sum(uri: str, bound_of: Callable[[int], int]) -> Implementation:
         value, parameter = argument
         member = _member(fn_type, 0)
         leaves = tensor_leaves(member)
-        parameters = structure.flattener(fn_type.parameter[1])(parameter)
-        if len(parameters) == 1:
-            parameters = parameters * len(leaves)
+        parameters = _bound_per_leaf(member, fn_type.parameter[1], parameter)
         bounds = []
-        for leaf, given in zip(leaves, parameters):
+        for leaf, given in zip(leaves, parameters, strict=True):
             given = int(np.asarray(given))
             if given < 0:
                 raise BackendError(f"{uri}: the bound {given} for {leaf} is negative")
@@ -245,6 +251,23 @@ def _secure_sum(uri: str, bound_of: Callable[[int], int]) -> Implementation:
         return _zeros_for_no_clients(uri, member) if total is None else total
 
     return implementation
+
+
+def _bound_per_leaf(member: Type, bound_type: Type, bound: Any) -> list[Any]:
+    """The bound of each tensor leaf of `member`, in leaf order.
+
+    A scalar bound stands for every leaf of the part of `member` where it
+    stands (the whole value, or one struct element), as the intrinsic's type
+    check allows.
+    """
+    if isinstance(bound_type, TensorType):
+        return [bound] * len(tensor_leaves(member))
+    parts = zip(member, bound_type, bound, strict=True)
+    return [
+        leaf_bound
+        for element, element_bound_type, element_bound in parts
+        for leaf_bound in _bound_per_leaf(element, element_bound_type, element_bound)
+    ]
 
 
 def _zeros_for_no_clients(uri: str, member: Type) -> Any:

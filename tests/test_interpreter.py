@@ -377,6 +377,16 @@ def test_federated_secure_sum_bitwidth_bounds_values_below_two_to_the_bitwidth()
     assert run(huge, [255, 0]) == 255  # a bitwidth beyond the dtype bounds by the dtype
 
 
+def test_a_scalar_bound_in_a_struct_bound_stands_for_every_leaf_of_its_element():
+    bound = Struct([Literal(np.int32(1)), Literal(np.int32(1000))])
+    comp = secure_sum("{<<int32,int32>,int32>}@CLIENTS", bound)
+    assert run(comp, [((1, 0), 900), ((0, 1), 5)]) == ((1, 1), 905)
+    # 500 is over the bound 1 of the first element's second leaf, not under the 1000 of
+    # the second element.
+    with pytest.raises(BackendError, match=r"client 0: the value 500 of int32 .* \[0, 1\]"):
+        run(comp, [((1, 500), 0), ((0, 1), 5)])
+
+
 # --- sequences ---------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from fedcc.compiler.passes._block_dataflow import (
     rewrite_regions,
 )
 from fedcc.compiler.rewriting import (
+    Analyses,
     NameSupply,
     RewriteContext,
     RewritePattern,
@@ -148,9 +149,27 @@ def apply_function(function: BuildingBlock, argument: BuildingBlock) -> Building
 
 
 def compose(
-    outer: BuildingBlock, inner: BuildingBlock, names: NameSupply
+    outer: BuildingBlock,
+    inner: BuildingBlock,
+    names: NameSupply,
+    analyses: Analyses | None = None,
 ) -> Lambda:
-    """`(a -> outer(inner(a)))`, taking what `inner` takes (structural if both are)."""
+    """`(a -> outer(inner(a)))`, taking what `inner` takes (structural if both are).
+
+    When `inner` is already a lambda `(p -> body)` (a composition made before), the result
+    is `(p -> outer(body))`, the beta-reduced form: composing a chain of n maps bottom-up
+    then builds one lambda of n nested calls, instead of n nested lambdas that
+    `beta-reduce` and `inline-trivial` would have to unwind in time quadratic in n.
+    """
+    if (
+        isinstance(inner, Lambda)
+        and inner.parameter_name is not None
+        and not is_structural(inner)
+        and inner.parameter_name not in (analyses or Analyses()).free_names(outer)
+    ):
+        return Lambda(
+            inner.parameter_name, inner.parameter_type, apply_function(outer, inner.result)
+        )
     parameter_type = inner.type_signature.parameter
     name = names.fresh("a")
     parameter = Reference(name, parameter_type)
@@ -176,7 +195,7 @@ class MergeChainedMaps(RewritePattern):
         if inner is None:
             return None
         g, x = inner
-        composed = compose(f, g, context.names)
+        composed = compose(f, g, context.names, context.analyses)
         return call_intrinsic(uri, Struct([(function_name, composed), (value_name, x)]))
 
     @staticmethod

@@ -247,18 +247,103 @@ def _run(args: argparse.Namespace) -> int:
         summary_lines,
     )
 
-    computation = _single_computation(fc.load(args.file), args.computation, args.file)
-    signature = computation.type_signature
-    arguments = read_arguments(signature, args.args, args.clients, args.batch_size)
-    # Client data that is a sequence is read by the workers that hold the clients.
-    block, arguments = bind_client_folders(computation.building_block, arguments)
+    loaded = fc.load(args.file)
     options = {} if args.workers is None else {"workers": args.workers}
-    result = fc.run(block, *arguments, backend=args.backend, **options)
+    if args.rounds is not None and args.rounds < 1:
+        raise UsageError(f"--rounds must be a positive integer, found {args.rounds}")
+    with fc.use_backend(args.backend, **options):
+        given = {}
+        if args.rounds is not None and _is_iterative_process(loaded, args.computation):
+            computation = loaded["next"]
+            given[0] = loaded["initialize"]()
+        else:
+            computation = _single_computation(loaded, args.computation, args.file)
+        signature = computation.type_signature
+        if args.rounds is not None:
+            _check_round_shape(signature, args.file)
+        arguments = read_arguments(
+            signature, args.args, args.clients, args.batch_size, given=given
+        )
+        # Client data that is a sequence is read by the workers that hold the clients.
+        block, arguments = bind_client_folders(computation.building_block, arguments)
+        if args.rounds is None:
+            result = fc.run(block, *arguments)
+        else:
+            result = _run_rounds(block, signature, arguments, args.rounds)
     flat = flatten_result(result, signature.result)
     if args.out is not None:
         np.savez(args.out, **flat)
     for line in summary_lines(flat):
         print(line)
+    return 0
+
+
+def _is_iterative_process(loaded: Any, name: str | None) -> bool:
+    """Whether `loaded` holds `initialize` and `next` and the run is of `next`."""
+    from fedcc.computation import ComputationBundle
+
+    return (
+        isinstance(loaded, ComputationBundle)
+        and {"initialize", "next"} <= set(loaded)
+        and name in (None, "next")
+    )
+
+
+def _check_round_shape(signature: Any, path: str) -> None:
+    """Raises UsageError unless the result (or its first element) can be the first argument."""
+    from fedcc.ir.types import StructType, is_assignable_from
+    from fedcc.npz_values import argument_types
+
+    state = argument_types(signature)[0] if argument_types(signature) else None
+    result = signature.result
+    candidates = [result] + ([result[0]] if isinstance(result, StructType) and result else [])
+    if state is None or not any(is_assignable_from(state, c) for c in candidates):
+        raise UsageError(
+            f"--rounds feeds each round's result (or its first element) back as the first "
+            f"argument; {path} runs {signature}, whose result does not fit its first argument"
+        )
+
+
+def _run_rounds(block: Any, signature: Any, arguments: list[Any], rounds: int) -> Any:
+    """The result of the last of `rounds` runs of `block`, each on the state the last gave.
+
+    With a `<state, metrics...>` result, prints the metrics of each round on one line.
+    """
+    import numpy as np
+
+    import fedcc as fc
+    from fedcc.ir.types import is_assignable_from
+    from fedcc.npz_values import argument_types, flatten_result
+
+    result_type = signature.result
+    # The whole result is the next state, unless only its first element fits (<state, metrics>).
+    whole = is_assignable_from(argument_types(signature)[0], result_type)
+    state_key = None if whole else (result_type.names()[0] or "0")
+    result = None
+    for number in range(1, rounds + 1):
+        result = fc.run(block, *arguments)
+        if whole:
+            arguments[0] = result
+            continue
+        arguments[0] = next(iter(result.values())) if isinstance(result, dict) else result[0]
+        metrics = [
+            f"{key}={np.array2string(array)}" if array.ndim == 0 else
+            f"{key}={array.dtype}{list(array.shape)}"
+            for key, array in flatten_result(result, result_type).items()
+            if key != state_key and not key.startswith(f"{state_key}.")
+        ]
+        print(f"round {number}: " + (" ".join(metrics) or "done"))
+    return result
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from fedcc.runtimes.registry import DEFAULT_BACKEND, describe_backends
+
+    described = describe_backends()
+    width = max((len(name) for name, _, _ in described), default=0)
+    for name, target, summary in described:
+        default = " (default)" if name == DEFAULT_BACKEND else ""
+        print(f"{name:<{width}}  {summary}{default}  [{target}]")
     return 0
 
 
@@ -274,6 +359,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "dump": ("print a .pb file as text, compact text, JSON or Graphviz dot", _dump),
     "check": ("validate a .pb file: format, types, scoping", _check),
     "run": ("run a .pb file on a backend with .npz arguments and client data", _run),
+    "backends": ("list the installed backends (entry-point group fedcc.backends)", _backends),
     "demo": ("compile FedAvg, then train it on synthetic federated data", _demo),
 }
 
@@ -354,10 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="cut client data that is a sequence into batches of N examples",
     )
+    run.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="run N rounds, each result (or its first element) the next first argument; "
+        "a file of initialize and next starts from initialize",
+    )
     run.add_argument("--out", metavar="results.npz", help="write the flattened results here")
     run.add_argument(
         "--computation", metavar="NAME", help="which computation of a file that holds several"
     )
+
+    commands.add_parser("backends", help=COMMANDS["backends"][0])
 
     from fedcc import demo
 

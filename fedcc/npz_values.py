@@ -204,16 +204,22 @@ def read_arguments(
     args_file: str | os.PathLike | None,
     clients_dir: str | os.PathLike | None,
     batch_size: int | None = None,
+    given: Mapping[int, Any] | None = None,
 ) -> list[Any]:
     """The computation's arguments, in order, read by the convention of this module.
 
-    A client argument of sequences comes back as a `ClientDataFolder`, for
-    `bind_client_folders`. Raises `RunInputError` naming the file and key for
-    a missing or unexpected key, a wrong dtype or shape, or a missing or
-    unneeded `--args`/`--clients`/`--batch-size`.
+    Arguments in `given` (by index, e.g. a state from `initialize`) are not
+    read: they are returned as they are. A client argument of sequences comes
+    back as a `ClientDataFolder`, for `bind_client_folders`. Raises
+    `RunInputError` naming the file and key for a missing or unexpected key, a
+    wrong dtype or shape, or a missing or unneeded
+    `--args`/`--clients`/`--batch-size`.
     """
+    given = given or {}
     types = argument_types(signature)
-    client_arguments = [i for i, t in enumerate(types) if _is_client_values(t)]
+    client_arguments = [
+        i for i, t in enumerate(types) if _is_client_values(t) and i not in given
+    ]
     if len(client_arguments) > 1:
         names = ", ".join(argument_name(i) for i in client_arguments)
         raise RunInputError(
@@ -229,7 +235,7 @@ def read_arguments(
         raise RunInputError(f"--clients given, but no argument of {signature} is placed at CLIENTS")
     server_paths: list[tuple[str, TensorType]] = []
     for index, t in enumerate(types):
-        if index in client_arguments:
+        if index in client_arguments or index in given:
             continue
         member = t.member if isinstance(t, FederatedType) else t
         name = argument_name(index)
@@ -252,7 +258,9 @@ def read_arguments(
         )
     arguments = []
     for index, t in enumerate(types):
-        if index in client_arguments:
+        if index in given:
+            arguments.append(given[index])
+        elif index in client_arguments:
             assert isinstance(t, FederatedType)
             if is_sequence:
                 arguments.append(_client_folder(t, Path(clients_dir), batch_size))

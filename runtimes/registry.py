@@ -46,6 +46,23 @@ def backends() -> list[str]:
     return sorted(_entry_points())
 
 
+def describe_backends() -> list[tuple[str, str, str]]:
+    """Each installed backend's name, entry point (`module:object`) and one-line summary.
+
+    The summary is the first line of the backend's docstring, or why it failed to load.
+    """
+    described = []
+    for name, entry_point in sorted(_entry_points().items()):
+        try:
+            factory = entry_point.load()
+        except Exception as error:  # a third-party backend may fail in any way
+            summary = f"fails to load: {type(error).__name__}: {error}"
+        else:
+            summary = ((factory.__doc__ or "").strip().splitlines() or [""])[0]
+        described.append((name, entry_point.value, summary))
+    return described
+
+
 def get_backend(name: str, **options: Any) -> Backend:
     """A new instance of the backend registered as `name`, made with `options`.
 

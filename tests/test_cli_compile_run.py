@@ -253,3 +253,96 @@ def test_a_module_that_fails_to_import_is_one_line(tmp_path):
     broken.write_text("import numpy as np\nraise RuntimeError('no sensors configured')\n")
     line = one_error_line(fedcc_command("compile", f"{broken}:f", "-o", str(tmp_path / "x.pb")))
     assert line.endswith("failed: RuntimeError: no sensors configured")
+
+
+# --- rounds -------------------------------------------------------------------------------
+
+
+def test_rounds_feed_the_state_back_and_print_each_rounds_metrics(tmp_path):
+    example = load_example("fedsgd_linear_regression")
+    pb = tmp_path / "round.pb"
+    compiled = fedcc_command("compile", "examples.fedsgd_linear_regression:fedsgd_round",
+                             "-o", str(pb))  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr
+    model = {"w": np.array([0.25, -0.5, 1.0], np.float32), "b": np.float32(0.125)}
+    data = example.client_data(4, seed=3)
+    np.savez(tmp_path / "args.npz", **{"arg0.w": model["w"], "arg0.b": model["b"]})
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    for index, batch in enumerate(data):
+        np.savez(clients / f"client_{index:03d}.npz", **batch)
+    out = tmp_path / "results.npz"
+    ran = fedcc_command(
+        "run", str(pb), "--backend", "processes", "--workers", "2", "--rounds", "3",
+        "--args", str(tmp_path / "args.npz"), "--clients", str(clients), "--out", str(out),
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    losses = []
+    for _ in range(3):
+        result = example.fedsgd_round(model, data)
+        model = result["model"]
+        losses.append(result["loss"])
+    round_lines = [line for line in ran.stdout.splitlines() if line.startswith("round ")]
+    assert round_lines == [
+        f"round {n}: loss={np.array2string(np.asarray(loss))}" for n, loss in enumerate(losses, 1)
+    ]
+    with np.load(out) as results:
+        assert results["model.w"].tobytes() == np.asarray(model["w"]).tobytes()
+        assert results["model.b"].tobytes() == np.asarray(model["b"]).tobytes()
+        assert results["loss"].tobytes() == np.asarray(losses[-1]).tobytes()
+
+
+def test_rounds_of_an_iterative_process_start_from_initialize(tmp_path):
+    from fedcc.learning import models, optimizers
+
+    process = fc.learning.build_fed_avg(
+        models.logistic_regression(4, 3), client_optimizer=optimizers.sgd(0.1)
+    )
+    pb = tmp_path / "fedavg.pb"
+    fc.save(process, pb)
+    rng = np.random.default_rng(5)
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    batches = []
+    for index in range(3):
+        x = rng.normal(size=(7, 4)).astype(np.float32)
+        y = rng.integers(0, 3, 7).astype(np.int32)
+        np.savez(clients / f"client_{index:03d}.npz", x=x, y=y)
+        batches.append([{"x": x[:4], "y": y[:4]}, {"x": x[4:], "y": y[4:]}])
+    out = tmp_path / "results.npz"
+    ran = fedcc_command("run", str(pb), "--backend", "reference", "--clients", str(clients),
+                        "--batch-size", "4", "--rounds", "2", "--out", str(out))  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    state = process.initialize()
+    for _ in range(2):
+        state, metrics = process.next(state, batches)
+    lines = [line for line in ran.stdout.splitlines() if line.startswith("round ")]
+    assert len(lines) == 2 and f"loss={np.array2string(metrics['loss'])}" in lines[1]
+    weights = process.get_model_weights(state)
+    with np.load(out) as results:
+        assert results["0.model.kernel"].tobytes() == weights["kernel"].tobytes()
+        assert results["0.model.bias"].tobytes() == weights["bias"].tobytes()
+        assert results["1.accuracy"] == metrics["accuracy"]
+
+
+def test_rounds_errors_are_one_line(sensor_pb, sensor_clients):
+    folder, _ = sensor_clients
+    line = one_error_line(fedcc_command(
+        "run", str(sensor_pb), "--backend", "reference", "--clients", str(folder), "--rounds", "2"
+    ))  # fmt: skip
+    assert "--rounds feeds each round's result" in line
+    assert "does not fit its first argument" in line
+    line = one_error_line(fedcc_command(
+        "run", str(sensor_pb), "--backend", "reference", "--clients", str(folder), "--rounds", "0"
+    ))  # fmt: skip
+    assert "--rounds must be a positive integer, found 0" in line
+
+
+def test_backends_lists_every_installed_backend_with_its_entry_point():
+    listed = fedcc_command("backends")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == fc.backends()
+    reference = next(line for line in lines if line.startswith("reference "))
+    assert "[fedcc.runtimes.reference:ReferenceBackend]" in reference
+    assert any(line.startswith("threads ") and "(default)" in line for line in lines)

@@ -57,7 +57,7 @@ from fedcc.runtimes import client_data, wire
 from fedcc.runtimes.backend import Backend, ClientSession
 from fedcc.runtimes.process_worker import WorkerState
 from fedcc.runtimes.processes import CONTENT_MIN_BYTES, DEFAULT_CACHE_BYTES
-from fedcc.runtimes.shard import PlaceRequest, ShardedSession, ShardRequest, split_contiguous
+from fedcc.runtimes.shard import ShardedSession, ShardRequest, split_contiguous
 
 # A request none of whose clients answers within this many seconds counts as hung.
 DEFAULT_TIMEOUT_SECONDS = 600.0
@@ -139,7 +139,7 @@ class DaskSession(ShardedSession):
     def dispatch(self, requests: Sequence[ShardRequest]) -> list[Any]:
         if self._broken:
             raise BackendError("this run lost a Dask worker earlier; start a new run")
-        requests = _by_content(requests)
+        requests = wire.by_content(requests, CONTENT_MIN_BYTES)
         envelopes = [
             wire.Envelope(
                 self._backend.new_sequence(), self._run, self.num_clients, start, stop,
@@ -211,21 +211,6 @@ class DaskSession(ShardedSession):
     def _where(self, k: int) -> str:
         start, stop = self.bounds[k]
         return f"dask worker {self._hosts[k].address} (clients [{start}, {stop}))"
-
-
-def _by_content(requests: Sequence[ShardRequest]) -> list[ShardRequest]:
-    # Client values worth it travel by digest: a host that holds one is not sent it again.
-    result = list(requests)
-    for k, request in enumerate(requests):
-        if isinstance(request, PlaceRequest):
-            values = [
-                wire.Content(wire.content_digest(value), value)
-                if wire.tensor_bytes(value) >= CONTENT_MIN_BYTES
-                else value
-                for value in request.values
-            ]
-            result[k] = PlaceRequest(request.handle, values)
-    return result
 
 
 def _located(error: FedccError, where: str) -> FedccError:

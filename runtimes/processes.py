@@ -403,7 +403,8 @@ class ProcessesBackend(Backend):
         with self._lock:
             if self._closed:
                 raise BackendError("this processes backend is closed")
-            requests = self._by_content(requests)
+            # Client data worth it travels by digest: a worker that holds it is not sent it again.
+            requests = wire.by_content(requests, CONTENT_MIN_BYTES)
             attempts = [0] * len(requests)
             answers: dict[int, Any] = {}
             failures: dict[int, FedccError] = {}
@@ -438,20 +439,6 @@ class ProcessesBackend(Backend):
                 # The first shard's error: the one naming the first client, as in the reference.
                 raise failures[min(failures)]
             return [answers[k] for k in range(len(requests))]
-
-    def _by_content(self, requests: Sequence[ShardRequest]) -> list[ShardRequest]:
-        # Client data worth it travels by digest: a worker that holds it is not sent it again.
-        result = list(requests)
-        for k, request in enumerate(requests):
-            if isinstance(request, PlaceRequest):
-                values = [
-                    wire.Content(wire.content_digest(value), value)
-                    if wire.tensor_bytes(value) >= CONTENT_MIN_BYTES
-                    else value
-                    for value in request.values
-                ]
-                result[k] = PlaceRequest(request.handle, values)
-        return result
 
     def _start_missing(self, indices: list[int]) -> dict[int, _WorkerLost | FedccError]:
         # Replaces workers found dead, then starts every slot of `indices` without a process,

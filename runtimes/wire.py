@@ -59,13 +59,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import socket
 import struct
 import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from multiprocessing import resource_tracker, shared_memory
@@ -827,6 +829,46 @@ def content_digest(value: Any) -> bytes:
     writer = _HashWriter()
     _write_value(writer, value, _EncodeState(None, allow_references=False))
     return writer.hash.digest()
+
+
+# Digests of many values are computed on this many threads: hashlib's sha256 releases the
+# GIL on large buffers, so placing a thousand clients' data hashes on every core.
+_DIGEST_THREADS = min(8, os.cpu_count() or 1)
+_digest_pool: ThreadPoolExecutor | None = None
+_digest_pool_lock = threading.Lock()
+
+
+def _content_digests(values: Sequence[Any]) -> list[bytes]:
+    """`content_digest` of each value, in order, in a few contiguous chunks run in parallel."""
+    global _digest_pool
+    chunks = min(_DIGEST_THREADS, len(values))
+    if chunks < 2:
+        return [content_digest(value) for value in values]
+    with _digest_pool_lock:
+        if _digest_pool is None:
+            _digest_pool = ThreadPoolExecutor(_DIGEST_THREADS, thread_name_prefix="fedcc-digest")
+        pool = _digest_pool
+    size = -(-len(values) // chunks)
+    parts = pool.map(
+        lambda start: [content_digest(v) for v in values[start : start + size]],
+        range(0, len(values), size),
+    )
+    return [digest for part in parts for digest in part]
+
+
+def by_content(requests: Sequence[ShardRequest], min_bytes: int) -> list[ShardRequest]:
+    """`requests` with each placed client value of at least `min_bytes` of tensor data
+    wrapped as `Content`, so that it travels by digest to a receiver that holds it."""
+    places = [(k, i) for k, request in enumerate(requests) if isinstance(request, PlaceRequest)
+              for i, value in enumerate(request.values) if tensor_bytes(value) >= min_bytes]
+    digests = _content_digests([requests[k].values[i] for k, i in places])
+    values = {k: list(requests[k].values) for k, _ in places}
+    for (k, i), digest in zip(places, digests, strict=True):
+        values[k][i] = Content(digest, values[k][i])
+    result = list(requests)
+    for k, placed in values.items():
+        result[k] = PlaceRequest(requests[k].handle, placed)
+    return result
 
 
 def tensor_bytes(value: Any) -> int:

@@ -493,3 +493,25 @@ def test_the_transport_never_imports_pickle(module):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
     }
     assert not calls & {"dumps", "loads", "Process", "Pipe", "Queue"}
+
+
+def test_by_content_digests_large_placed_values_in_order_and_leaves_the_rest():
+    rng = np.random.default_rng(4)
+    values = [
+        (rng.random(600).astype(np.float32), np.int32(index)) if index % 3 else np.int32(index)
+        for index in range(40)
+    ]
+    requests = [
+        PlaceRequest(0, values[:25]),
+        ReleaseRequest((1,)),
+        PlaceRequest(2, values[25:]),
+    ]
+    wrapped = wire.by_content(requests, min_bytes=2048)
+    assert wrapped[1] is requests[1]
+    placed = [*wrapped[0].values, *wrapped[2].values]
+    for index, (value, sent) in enumerate(zip(values, placed, strict=True)):
+        if index % 3:
+            assert isinstance(sent, wire.Content) and sent.value is value
+            assert sent.digest == wire.content_digest(value)  # the one-at-a-time digest
+        else:
+            assert sent is value  # too small to be worth a digest

@@ -9,7 +9,10 @@
   to a fixed point);
   2 adds the federated and local rewrites (`LEVEL_2_PASSES`, to a fixed
   point). Passes are looked up by name when the pipeline runs, and a level
-  uses those of its passes that are registered.
+  uses those of its passes that are registered. A round skips a pass when
+  the program is the very one that pass last ran on and left unchanged (a
+  pass is a deterministic function of the program, so it would change
+  nothing again); the run is reported as skipped.
 
 Each run records, per pass and computation, the time it took and the node
 counts before and after (`PassReport`); `verify_each` checks the result of
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from fedcc.compiler.passes import PatternPass, get_pass, registered
+from fedcc.compiler.rewriting import sharing_analyses
 from fedcc.compiler.verify import verify
 from fedcc.ir.analysis import count_nodes, free_references
 from fedcc.ir.building_blocks import BuildingBlock
@@ -93,6 +97,8 @@ class PassRun:
     nodes_after: int
     changed: bool
     rewrites: dict[str, int] = field(default_factory=dict)  # pattern -> times applied
+    # Not run: a fixed-point round skips a pass on the program it last left unchanged.
+    skipped: bool = False
 
 
 @dataclass
@@ -108,21 +114,24 @@ class PassReport:
         return list(dict.fromkeys(run.pass_name for run in self.runs))
 
     def totals(self) -> dict[str, dict[str, Any]]:
-        """Per pass: runs, runs that changed something, seconds, and the nodes it removed."""
+        """Per pass: runs, runs that changed something, runs skipped (as sure to change
+        nothing), seconds, and the nodes it removed."""
         totals: dict[str, dict[str, Any]] = {}
         for run in self.runs:
             entry = totals.setdefault(
-                run.pass_name, {"runs": 0, "changed": 0, "seconds": 0.0, "nodes_removed": 0}
+                run.pass_name,
+                {"runs": 0, "changed": 0, "skipped": 0, "seconds": 0.0, "nodes_removed": 0},
             )
             entry["runs"] += 1
             entry["changed"] += run.changed
+            entry["skipped"] += run.skipped
             entry["seconds"] += run.seconds
             entry["nodes_removed"] += run.nodes_before - run.nodes_after
         return totals
 
     def format_table(self) -> str:
         """A table of the runs: computation, pass, milliseconds, nodes before and after, whether
-        it changed anything, and how often each rewrite pattern applied."""
+        it changed anything (or was skipped), and how often each rewrite pattern applied."""
         rows = [("computation", "pass", "ms", "nodes before", "nodes after", "changed", "rewrites")]
         for run in self.runs:
             rows.append(
@@ -132,7 +141,7 @@ class PassReport:
                     f"{run.seconds * 1000:.2f}",
                     str(run.nodes_before),
                     str(run.nodes_after),
-                    "yes" if run.changed else "no",
+                    "yes" if run.changed else "skipped" if run.skipped else "no",
                     " ".join(f"{pattern}:{count}" for pattern, count in run.rewrites.items()),
                 )
             )
@@ -172,10 +181,27 @@ class _Pipeline:
         self.computation = computation
         self.verify_each = verify_each
         self.print_after_all = print_after_all
+        # pass name -> the program it last ran on and left unchanged. A pass is a
+        # deterministic function of the program, so on that same (immutable) program it
+        # would make no change again: a fixed-point round skips it.
+        self._left_unchanged: dict[str, BuildingBlock] = {}
+        # The node count of the last program counted: passes mostly hand on what they got.
+        self._counted: tuple[BuildingBlock | None, int] = (None, 0)
 
-    def run(self, comp: BuildingBlock, name: str) -> BuildingBlock:
+    def _count_nodes(self, comp: BuildingBlock) -> int:
+        if self._counted[0] is not comp:
+            self._counted = (comp, count_nodes(comp))
+        return self._counted[1]
+
+    def run(self, comp: BuildingBlock, name: str, skip_unchanged: bool = False) -> BuildingBlock:
         compiler_pass = get_pass(name)
-        before = count_nodes(comp)
+        before = self._count_nodes(comp)
+        if skip_unchanged and self._left_unchanged.get(name) is comp:
+            self.report.runs.append(
+                PassRun(self.computation, name, 0.0, before, before, False, skipped=True)
+            )
+            self._print_after(name, comp)
+            return comp
         start = time.perf_counter()
         rewrites: dict[str, int] = {}
         if isinstance(compiler_pass, PatternPass):
@@ -187,15 +213,22 @@ class _Pipeline:
         changed = result is not comp and result != comp
         if not changed:
             result = comp
+            self._left_unchanged[name] = comp
         self.report.runs.append(
-            PassRun(self.computation, name, seconds, before, count_nodes(result), changed, rewrites)
-        )
+            PassRun(
+                self.computation, name, seconds, before, self._count_nodes(result), changed,
+                rewrites,
+            )
+        )  # fmt: skip
         if self.verify_each:
             self._verify(comp, result, name)
+        self._print_after(name, result)
+        return result
+
+    def _print_after(self, name: str, result: BuildingBlock) -> None:
         if self.print_after_all is not None:
             where = "" if self.computation is None else f" on {self.computation}"
             self.print_after_all(f"# after {name}{where}\n{to_text(result)}\n")
-        return result
 
     def _verify(self, before: BuildingBlock, after: BuildingBlock, name: str) -> None:
         where = "" if self.computation is None else f" on {self.computation}"
@@ -210,9 +243,11 @@ class _Pipeline:
         except FederatedTypeError as error:
             raise FederatedTypeError(f"after pass {name}{where}: {error}") from None
 
-    def run_once(self, comp: BuildingBlock, names: Sequence[str]) -> BuildingBlock:
+    def run_once(
+        self, comp: BuildingBlock, names: Sequence[str], skip_unchanged: bool = False
+    ) -> BuildingBlock:
         for name in names:
-            comp = self.run(comp, name)
+            comp = self.run(comp, name, skip_unchanged)
         return comp
 
     def run_to_fixed_point(self, comp: BuildingBlock, names: Sequence[str]) -> BuildingBlock:
@@ -221,7 +256,7 @@ class _Pipeline:
         while names and rounds < MAX_ROUNDS:
             rounds += 1
             start = len(self.report.runs)
-            comp = self.run_once(comp, names)
+            comp = self.run_once(comp, names, skip_unchanged=True)
             if not any(run.changed for run in self.report.runs[start:]):
                 converged = True
                 break
@@ -238,16 +273,19 @@ def _each_computation(
     print_after_all: Printer,
 ) -> BuildingBlock | Program:
     printer = _printer(print_after_all)
+
+    def run_pipeline(name: str | None, comp: BuildingBlock) -> BuildingBlock:
+        # The passes on one computation share analyses (use counts by node identity).
+        with sharing_analyses():
+            return step(_Pipeline(report, name, verify_each, printer), comp)
+
     if isinstance(x, BuildingBlock):
-        return step(_Pipeline(report, None, verify_each, printer), x)
+        return run_pipeline(None, x)
     if not isinstance(x, Program):
         raise FederatedTypeError(
             f"expected a building block or a Program to optimize, found {type(x).__name__}"
         )
-    computations = {
-        name: step(_Pipeline(report, name, verify_each, printer), comp)
-        for name, comp in x.computations.items()
-    }
+    computations = {name: run_pipeline(name, comp) for name, comp in x.computations.items()}
     return Program(computations, record_passes(x.metadata, report.passes_applied()))
 
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -171,15 +173,59 @@ class Analyses:
         if isinstance(node, Lambda):
             return _without(children[0][1], node.parameter_name), _EMPTY
         if isinstance(node, Block):
-            # free(let x1=v1,...,xn=vn in r) = free(v1) + (free(let x2.. in r) - x1), from the end.
-            total, exposed = children[-1][1], children[-1][2]
-            for (name, _), (_, value_total, value_exposed) in zip(
-                reversed(node.locals), reversed(children[:-1])
-            ):
-                total = _merge((_without(total, name), value_total))
-                exposed = _merge((_without(exposed, name), value_exposed))
-            return total, exposed
+            return _block_uses(node, children, 1), _block_uses(node, children, 2)
         return _merge(c[1] for c in children), _merge(c[2] for c in children)
+
+
+def _block_uses(node: Block, children: list[tuple], which: int) -> Mapping[str, int]:
+    """free(let x1=v1,...,xn=vn in r) = free(v1) + (free(let x2.. in r) - x1), from the end,
+    in one dict updated in place: copying it at each local would cost locals x names."""
+    counts: Mapping[str, int] = children[-1][which]
+    owned = False  # whether `counts` is a dict of our own (children's dicts are shared)
+    for (name, _), child in zip(reversed(node.locals), reversed(children[:-1])):
+        value_counts = child[which]
+        if name not in counts and not value_counts:
+            continue
+        if not owned:
+            counts = dict(counts)
+            owned = True
+        counts.pop(name, None)
+        for free_name, count in value_counts.items():
+            counts[free_name] = counts.get(free_name, 0) + count
+    return counts if counts else _EMPTY
+
+
+@dataclass
+class _PipelineMemo:
+    """What the passes of one pipeline share: analyses, and per pattern set the nodes it
+    has settled (see `apply_patterns`)."""
+
+    analyses: Analyses = field(default_factory=Analyses)
+    settled: dict[tuple, dict[int, BuildingBlock]] = field(default_factory=dict)
+
+
+_PIPELINE_MEMO: ContextVar[_PipelineMemo | None] = ContextVar("pipeline_memo", default=None)
+
+
+def pipeline_analyses() -> Analyses:
+    """The `Analyses` shared by every pass of the pipeline running now (see
+    `sharing_analyses`), or a new one outside a pipeline."""
+    memo = _PIPELINE_MEMO.get()
+    return memo.analyses if memo is not None else Analyses()
+
+
+@contextmanager
+def sharing_analyses() -> Iterator[None]:
+    """Within the block, passes share what they learn about nodes: one `Analyses` (a pass
+    reads the use counts of the nodes an earlier pass left as they were instead of walking
+    them again), and for each context-free pattern set the subtrees it found nothing to
+    rewrite in (a later run skips them). Both are per node identity, and nodes are
+    immutable, so what was true of a node stays true."""
+    token = _PIPELINE_MEMO.set(_PipelineMemo())
+    try:
+        yield
+    finally:
+        _PIPELINE_MEMO.reset(token)
 
 
 # ---------------------------------------------------------------------------
@@ -205,10 +251,19 @@ class NameSupply:
     """Hands out variable names that nothing in the program uses, and never the same twice."""
 
     def __init__(self, *roots: BuildingBlock) -> None:
-        self._used: set[str] = set()
-        for root in roots:
-            self._used |= all_names(root)
+        # The names are collected on first need: most pass runs hand out no name at all,
+        # and collecting them walks the whole program.
+        self._roots: tuple[BuildingBlock, ...] | None = roots
+        self._names: set[str] = set()
         self._next: Counter = Counter()
+
+    @property
+    def _used(self) -> set[str]:
+        if self._roots is not None:
+            for root in self._roots:
+                self._names |= all_names(root)
+            self._roots = None
+        return self._names
 
     def reserve(self, name: str) -> None:
         """Marks `name` as taken."""
@@ -471,6 +526,10 @@ class RewritePattern:
     """
 
     node_types: ClassVar[tuple[type[BuildingBlock], ...]] = (BuildingBlock,)
+    # Whether the pattern decides from the node alone (and analyses of it), never from the
+    # scope (`context.lookup`), and takes no fresh name unless it rewrites: then a subtree
+    # where it found nothing to rewrite stays so wherever it is, and walks may skip it.
+    context_free: ClassVar[bool] = False
 
     @property
     def name(self) -> str:
@@ -516,6 +575,9 @@ class _Walker:
         self.log = log
         self._patterns = tuple(patterns)
         self._by_type: dict[type, tuple[RewritePattern, ...]] = {}
+        # id -> node for the subtrees in which no pattern applied: with context-free
+        # patterns, a walk skips them (and keeps no scope, which no pattern reads).
+        self.settled: dict[int, BuildingBlock] | None = None
 
     def patterns_for(self, node_type: type) -> tuple[RewritePattern, ...]:
         found = self._by_type.get(node_type)
@@ -546,8 +608,41 @@ class _Walker:
             f"the patterns keep rewriting a {node.kind} after {MAX_REWRITES_PER_NODE} rewrites"
         )
 
+    def sweep_settled(
+        self, root: BuildingBlock, settled: dict[int, BuildingBlock]
+    ) -> BuildingBlock:
+        """`sweep` for context-free patterns: skips settled subtrees, keeps no scope."""
+        results: list[BuildingBlock] = []
+        stack: list[tuple] = [(_VISIT, root)]
+        while stack:
+            task = stack.pop()
+            if task[0] == _VISIT:
+                node = task[1]
+                if settled.get(id(node)) is node:
+                    results.append(node)
+                    continue
+                children = node.children()
+                stack.append((_EXIT, node, len(children)))
+                stack.extend((_VISIT, c) for c in reversed(children))
+                continue
+            original, count = task[1], task[2]
+            node = original
+            if count:
+                children = results[-count:]
+                del results[-count:]
+                node = with_children(node, children)
+            rewritten = self.rewrite_here(node)
+            if rewritten is original:
+                # Nothing applied here nor below (a change below makes a new node).
+                settled[id(original)] = original
+            results.append(rewritten)
+        (result,) = results
+        return result
+
     def sweep(self, root: BuildingBlock) -> BuildingBlock:
         """One bottom-up pass over the tree, with the scope kept up to date."""
+        if self.settled is not None:
+            return self.sweep_settled(root, self.settled)
         context = self.context
         results: list[BuildingBlock] = []
         stack: list[tuple] = [(_VISIT, root)]
@@ -613,13 +708,20 @@ def apply_patterns(
 ) -> BuildingBlock:
     """`root` rewritten by `patterns` to a fixed point: bottom-up sweeps until one changes nothing.
 
+    When every pattern is `context_free`, a sweep skips the subtrees in which no
+    pattern applied before (in an earlier sweep, or, within `sharing_analyses`,
+    an earlier run of the same patterns): the result is the same, found sooner.
     Returns `root` itself when no pattern applies anywhere. Raises
     `RewriteError` if a pattern changes a node's type or the rewrites do not
     converge.
     """
     if context is None:
-        context = RewriteContext(Analyses(), NameSupply(root))
+        context = RewriteContext(pipeline_analyses(), NameSupply(root))
     walker = _Walker(patterns, context, log if log is not None else RewriteLog())
+    if all(pattern.context_free for pattern in patterns):
+        memo = _PIPELINE_MEMO.get()
+        key = tuple(patterns)
+        walker.settled = {} if memo is None else memo.settled.setdefault(key, {})
     current = root
     for _ in range(MAX_SWEEPS):
         walker.log.sweeps += 1

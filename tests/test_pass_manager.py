@@ -18,7 +18,10 @@ from fedcc.compiler.pass_manager import (
     run_passes,
 )
 from fedcc.compiler.passes import PASSES, FunctionPass, UnknownPassError, parse_pipeline
-from fedcc.ir.building_blocks import Literal, Struct
+from fedcc.compiler.passes.dce import RemoveDeadLocals
+from fedcc.compiler.passes.inline_trivial import InlineLocals
+from fedcc.compiler.verify import verify
+from fedcc.ir.building_blocks import Block, Lambda, Literal, Reference, Struct, call_intrinsic
 from fedcc.ir.errors import FedccError, FederatedTypeError
 from fedcc.ir.program import Program
 from fedcc.ir.text import parse_text, to_compact_text
@@ -180,3 +183,50 @@ def test_fc_optimize_takes_bundles_blocks_and_programs_and_refuses_the_rest():
         fc.optimize(polymorphic)
     with pytest.raises(FederatedTypeError, match="found int"):
         fc.optimize(3)
+
+
+def _chain_of_maps(maps: int) -> Lambda:
+    """`(x -> let v1=federated_map(<f,x>), v2=federated_map(<f,v1>), ... in federated_sum(vn))`:
+    what tracing a loop of maps gives."""
+    f = parse_text("(y:float32 -> y)")
+    value = Reference("x", "{float32}@CLIENTS")
+    bindings = []
+    for i in range(1, maps + 1):
+        bindings.append((f"v{i}", call_intrinsic("federated_map", Struct([f, value]))))
+        value = Reference(f"v{i}", value.type_signature)
+    return Lambda("x", "{float32}@CLIENTS", Block(bindings, call_intrinsic("federated_sum", value)))
+
+
+def test_level_1_of_a_chain_of_ten_thousand_maps_saves_loads_and_verifies():
+    # inline-trivial nested each single-use map into the next: 20,000 levels, more than
+    # verify and the file format (1000 levels) accept. Now chains nest 100 levels at most.
+    comp = _chain_of_maps(10_000)
+    optimized = optimize(comp, 1)
+    assert optimized.type_signature == comp.type_signature
+    assert optimized.depth < 200
+    verify(optimized)
+    loaded = fc.deserialize(fc.serialize(optimized)).building_block
+    assert loaded == optimized
+    verify(loaded)
+
+
+def test_a_round_skips_a_pass_on_the_program_it_left_unchanged_with_the_same_result(
+    monkeypatch,
+):
+    comp = _chain_of_maps(30)
+    result, report = optimize_with_report(comp, 2)
+    skipped = [run for run in report.runs if run.skipped]
+    assert skipped and all(not run.changed and run.seconds == 0 for run in skipped)
+    assert "skipped" in report.format_table()
+    assert sum(entry["skipped"] for entry in report.totals().values()) == len(skipped)
+    # Without skipping (and without the walker's settled subtrees) the result is the same.
+    monkeypatch.setattr(
+        pass_manager._Pipeline, "run_once",
+        lambda self, comp, names, skip_unchanged=False: [
+            comp := self.run(comp, name) for name in names
+        ][-1] if names else comp,
+    )  # fmt: skip
+    for pattern_class in (InlineLocals, RemoveDeadLocals):
+        monkeypatch.setattr(pattern_class, "context_free", False)
+    assert optimize(comp, 2) == result
+    assert optimize(ROUND, 2) == optimize_with_report(ROUND, 2)[0]

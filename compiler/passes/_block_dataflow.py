@@ -26,6 +26,7 @@ from fedcc.compiler.rewriting import (
     RewriteContext,
     RewritePattern,
     apply_patterns,
+    pipeline_analyses,
     substitute,
     with_children,
 )
@@ -256,7 +257,7 @@ class RegionPattern(RewritePattern):
 def rewrite_regions(comp: BuildingBlock, pass_name: str, rewrite: RegionRewrite) -> BuildingBlock:
     """`comp` with `rewrite` applied to each block and lambda body, and to `comp` itself when
     it is neither (a computation that is a plain expression)."""
-    context = RewriteContext(Analyses(), NameSupply(comp))
+    context = RewriteContext(pipeline_analyses(), NameSupply(comp))
     result = apply_patterns(comp, (RegionPattern(pass_name, rewrite),), context=context)
     if not isinstance(result, (Block, Lambda)):
         rewritten = rewrite(result, context)

@@ -18,6 +18,7 @@ class CalledLambdaToBlock(RewritePattern):
     """`(x -> body)(arg)` → `(let x=arg in body)`; `( -> body)()` → `body`."""
 
     node_types = (Call,)
+    context_free = True
 
     def match_and_rewrite(self, node: Call, context: RewriteContext) -> BuildingBlock | None:
         function = node.function
@@ -35,6 +36,7 @@ class CalledBlockOfLambda(RewritePattern):
     is named like a free name of `arg` (which would then mean the local instead)."""
 
     node_types = (Call,)
+    context_free = True
 
     def match_and_rewrite(self, node: Call, context: RewriteContext) -> BuildingBlock | None:
         block = node.function

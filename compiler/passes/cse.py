@@ -23,7 +23,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from fedcc.compiler.passes import FunctionPass, register_pass
-from fedcc.compiler.rewriting import Analyses, NameSupply, RewriteError, with_children
+from fedcc.compiler.rewriting import (
+    Analyses,
+    NameSupply,
+    RewriteError,
+    pipeline_analyses,
+    with_children,
+)
 from fedcc.ir.building_blocks import Block, BuildingBlock, Call, Data, Lambda, Reference
 
 # The kinds of node that compute something worth sharing.
@@ -205,7 +211,7 @@ def eliminate_common_subexpressions(
     comp: BuildingBlock, analyses: Analyses | None = None, names: NameSupply | None = None
 ) -> BuildingBlock:
     """`comp` with each repeated computation bound once (see the module docstring)."""
-    analyses = analyses or Analyses()
+    analyses = analyses or pipeline_analyses()
     names = names or NameSupply(comp)
     current = comp
     for _ in range(MAX_ROUNDS):

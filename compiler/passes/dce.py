@@ -17,6 +17,7 @@ class RemoveDeadLocals(RewritePattern):
     """`(let a=v, b=w in f(b))` → `(let b=w in f(b))` when neither `w` nor `f(b)` uses `a`."""
 
     node_types = (Block,)
+    context_free = True
 
     def match_and_rewrite(self, node: Block, context: RewriteContext) -> BuildingBlock | None:
         free_names = context.analyses.free_names

@@ -44,6 +44,7 @@ from fedcc.compiler.rewriting import (
     RewriteContext,
     RewritePattern,
     apply_patterns,
+    pipeline_analyses,
     with_children,
 )
 from fedcc.ir.building_blocks import (
@@ -165,7 +166,7 @@ def compose(
         isinstance(inner, Lambda)
         and inner.parameter_name is not None
         and not is_structural(inner)
-        and inner.parameter_name not in (analyses or Analyses()).free_names(outer)
+        and inner.parameter_name not in (analyses or pipeline_analyses()).free_names(outer)
     ):
         return Lambda(
             inner.parameter_name, inner.parameter_type, apply_function(outer, inner.result)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fedcc.compiler.passes import FunctionPass, register_pass
-from fedcc.compiler.rewriting import Analyses, with_children
+from fedcc.compiler.rewriting import Analyses, pipeline_analyses, with_children
 from fedcc.ir.building_blocks import Block, BuildingBlock
 
 
@@ -152,7 +152,7 @@ class _Flattener:
 
 def flatten_blocks(comp: BuildingBlock) -> BuildingBlock:
     """`comp` with nested lets merged (see the module docstring)."""
-    return _Flattener(Analyses()).run(comp)
+    return _Flattener(pipeline_analyses()).run(comp)
 
 
 FLATTEN_BLOCKS = register_pass(

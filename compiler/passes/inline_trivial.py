@@ -9,7 +9,14 @@ value is:
   costs nothing, wherever it happens;
 - anything used exactly once, outside any lambda of the block: the value is
   then computed once, as before, only later. Uses inside a lambda are left
-  alone, since the lambda may run many times (or never).
+  alone, since the lambda may run many times (or never). Such a value is
+  inlined only while it is at most `MAX_INLINED_DEPTH` (100) levels deep
+  with what was inlined into it: a chain of n single-use computations
+  (`let a=map(f,x), b=map(g,a), ... in sum(z)`, what tracing a loop gives)
+  would otherwise nest n deep, past what `verify` and the file format accept
+  (DESIGN §6: 1000 levels), so a long chain is nested in pieces of at most
+  100 levels and the local that would go deeper stays bound. Inlining thus
+  makes a program at most about 100 levels deeper, however long its chains.
 
 Values are pure, so computing one later changes no result. Substitution
 renames any binder that would capture a name of the inlined value.
@@ -29,6 +36,11 @@ from fedcc.compiler.rewriting import (
     substitute,
 )
 from fedcc.ir.building_blocks import Block, BuildingBlock, Lambda, LocalGraph, Reference
+
+# A single-use computation deeper than this, with what was inlined into it, stays bound.
+# Far below the file format's 1000 levels, and deep enough that chained maps still nest
+# into pieces of about 45 maps that `merge-chained-maps` composes, a piece a round.
+MAX_INLINED_DEPTH = 100
 
 # decide(value, total uses, uses outside lambdas) -> whether to inline the local.
 InlineDecision = Callable[[BuildingBlock, int, int], bool]
@@ -77,17 +89,43 @@ def choose_locals_to_inline(block: Block, decide: InlineDecision, analyses: Anal
     return choices
 
 
+def is_single_use_computation(value: BuildingBlock) -> bool:
+    """Whether `inline-trivial` inlines `value` only because it is used once: neither
+    trivial nor a function value (which are inlined at any depth)."""
+    return not is_trivial(value) and not isinstance(value, (Lambda, LocalGraph))
+
+
 def inline_locals(
-    block: Block, choices: list[bool], analyses: Analyses, names: NameSupply
+    block: Block,
+    choices: list[bool],
+    analyses: Analyses,
+    names: NameSupply,
+    max_inlined_depth: int | None = None,
 ) -> BuildingBlock:
     """`block` with the chosen locals substituted into the later locals and the result, and
-    dropped; a kept local that would capture a name of an inlined value is renamed."""
+    dropped; a kept local that would capture a name of an inlined value is renamed.
+
+    With `max_inlined_depth`, a chosen single-use computation (see
+    `is_single_use_computation`) deeper than that once the earlier locals are
+    substituted into it stays bound instead. Keeping a local used once
+    changes no other local's use counts, so the other choices stand; and the
+    kept value is the same, as deep, when the pass runs again (idempotent).
+    """
     env: dict[str, BuildingBlock] = {}
     capturable: set[str] = set()
     kept: list[tuple[str, BuildingBlock]] = []
+    inlined_any = False
     for (name, value), inline in zip(block.locals, choices, strict=True):
         value = substitute(value, env, analyses, names)
+        if (
+            inline
+            and max_inlined_depth is not None
+            and value.depth > max_inlined_depth
+            and is_single_use_computation(value)
+        ):
+            inline = False
         if inline:
+            inlined_any = True
             env[name] = value
             capturable.update(analyses.free_names(value))
         elif name in capturable and any(key != name for key in env):
@@ -97,6 +135,8 @@ def inline_locals(
         else:
             env.pop(name, None)
             kept.append((name, value))
+    if not inlined_any:
+        return block  # every choice was kept for depth: nothing was substituted
     result = substitute(block.result, env, analyses, names)
     return Block(kept, result) if kept else result
 
@@ -105,15 +145,23 @@ class InlineLocals(RewritePattern):
     """Inlines the locals of a block that `decide` picks."""
 
     node_types = (Block,)
+    context_free = True
 
-    def __init__(self, decide: InlineDecision = inline_trivial_decision) -> None:
+    def __init__(
+        self,
+        decide: InlineDecision = inline_trivial_decision,
+        max_inlined_depth: int | None = MAX_INLINED_DEPTH,
+    ) -> None:
         self.decide = decide
+        self.max_inlined_depth = max_inlined_depth
 
     def match_and_rewrite(self, node: Block, context: RewriteContext) -> BuildingBlock | None:
         choices = choose_locals_to_inline(node, self.decide, context.analyses)
         if not any(choices):
             return None
-        return inline_locals(node, choices, context.analyses, context.names)
+        return inline_locals(
+            node, choices, context.analyses, context.names, self.max_inlined_depth
+        )
 
 
 INLINE_TRIVIAL = register_pass(

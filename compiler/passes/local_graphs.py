@@ -562,6 +562,7 @@ class LocalGraphRewrite(RewritePattern):
     """Replaces a `LocalGraph` node's graph by `rewrite(graph)` (same function type)."""
 
     node_types = (LocalGraph,)
+    context_free = True
 
     def __init__(self, pass_name: str, rewrite: Callable[[Graph], Graph]) -> None:
         self._name = pass_name

@@ -35,11 +35,11 @@ from fedcc.compiler.passes.inline_trivial import InlineLocals
 from fedcc.compiler.passes.simplify_selections import SelectionFromStruct
 from fedcc.compiler.passes.uniquify_names import uniquify_names
 from fedcc.compiler.rewriting import (
-    Analyses,
     NameSupply,
     RewriteContext,
     RewriteError,
     apply_patterns,
+    pipeline_analyses,
     with_children,
 )
 from fedcc.ir.building_blocks import (
@@ -166,7 +166,7 @@ class _Flattener:
 
 
 def _one_round(comp: BuildingBlock) -> BuildingBlock:
-    analyses = Analyses()
+    analyses = pipeline_analyses()
     names = NameSupply(comp)
     unique = flatten_blocks(uniquify_names(comp, analyses, names))
     inlined = apply_patterns(

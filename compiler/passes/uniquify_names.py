@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fedcc.compiler.passes import FunctionPass, register_pass
-from fedcc.compiler.rewriting import Analyses, NameSupply, ScopedRebuilder
+from fedcc.compiler.rewriting import Analyses, NameSupply, ScopedRebuilder, pipeline_analyses
 from fedcc.ir.building_blocks import BuildingBlock
 from fedcc.ir.types import Type
 
@@ -38,7 +38,7 @@ def uniquify_names(
     comp: BuildingBlock, analyses: Analyses | None = None, names: NameSupply | None = None
 ) -> BuildingBlock:
     """`comp` with every binder named uniquely (see the module docstring)."""
-    analyses = analyses or Analyses()
+    analyses = analyses or pipeline_analyses()
     names = names or NameSupply(comp)
     claimed = set(analyses.free_names(comp))
     return _Uniquifier(analyses, names, claimed).rebuild(comp, {})

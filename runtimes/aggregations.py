@@ -15,6 +15,9 @@ inside their shard and on the server above. The interpreter finishes the root
 | `fold` | accumulate(<zero, v>) | merge(<a, b>) | federated_aggregate |
 
 Arithmetic is leaf by leaf, in each leaf's dtype D (weights are cast to D).
+On the `processes` backend a `bounded_sum` stops at each shard's subtrees:
+the shards' partial sums are added by pairwise-masked secure aggregation
+(runtimes/secure_aggregation.py), which gives the exact total, so the same bits.
 
 A fold with a non-associative `accumulate` still gives the same bits on any
 number of workers: `accumulate` only ever sees a fresh zero and one client's
@@ -83,6 +86,11 @@ def _weighted_sum(aggregation: Aggregation) -> TreeOperations:
     return TreeOperations(leaf, merge)
 
 
+def overflow_error(intrinsic: str, t: TensorType) -> BackendError:
+    """The error of a secure sum whose total does not fit its dtype (on every backend)."""
+    return BackendError(f"{intrinsic}: the sum overflows {t} (at most {np.iinfo(t.dtype).max})")
+
+
 def _bounded_sum(aggregation: Aggregation) -> TreeOperations:
     member = aggregation.member_type
     flatten = structure.flattener(member)
@@ -102,10 +110,7 @@ def _bounded_sum(aggregation: Aggregation) -> TreeOperations:
             total = np.add(a, b)
             # Both operands are non-negative, so a wrapped sum is smaller than either.
             if np.any(total < a):
-                raise BackendError(
-                    f"{aggregation.intrinsic}: the sum overflows {t} "
-                    f"(at most {np.iinfo(t.dtype).max})"
-                )
+                raise overflow_error(aggregation.intrinsic, t)
             return total
 
         return add

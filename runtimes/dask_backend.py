@@ -23,6 +23,11 @@ cached in the worker processes between runs (runtimes/client_data.py).
   and uses its workers (the first N in address order, with `workers=N`);
   `close()` disconnects and leaves the cluster running.
 
+Secure sums are not masked here: each host sends its shard's checked partial
+sums in the clear, as for any aggregation (the `processes` backend masks
+them; the hosts could serve its masked-sum requests, but this session does
+not run that protocol).
+
 Faults: a worker that dies, or that does not answer a request within
 `timeout` seconds, turns into a `BackendError` naming the worker and its
 clients. A hung worker is restarted (Dask's nanny brings up a fresh

@@ -23,7 +23,9 @@ Exact semantics, where a choice had to be made:
   zero; means, `federated_min` and `federated_max` are errors.
 - Secure sums check every client's value is in [0, max_input] (or
   [0, 2**bitwidth - 1]) and that the sum does not overflow its dtype; both
-  are `BackendError`s, the first naming the client.
+  are `BackendError`s, the first naming the client. The `processes` backend
+  adds its workers' partial sums by pairwise masking, so its server sees only
+  masked inputs and the total (runtimes/secure_aggregation.py).
 - `sequence_reduce` folds in order; `sequence_sum` adds in order, and an
   empty sequence sums to zeros of the element type.
 """

@@ -18,6 +18,33 @@ when the interpreter exits. Workers ignore Ctrl-C; the server stops those it
 was waiting for and raises `KeyboardInterrupt`, and a worker exits by itself
 when the server process goes away, so nothing is left behind.
 
+Secure sums (`federated_secure_sum`, `federated_secure_sum_bitwidth`) are
+real secure aggregation, after Bonawitz et al. (CCS 2017), with one party a
+worker (masks between clients of one shard would cancel inside the worker,
+so the server's view is the same). Each secure sum is two steps: every
+worker draws a fresh Diffie-Hellman key pair (RFC 3526 group 14, 256-bit
+private exponent) and sends its public key; the server relays all public
+keys to every worker, with a fresh nonce; each worker checks its clients'
+values against the bounds, sums its shard exactly, and sends that partial
+sum plus the SHAKE-256 masks it shares with every later worker, minus those
+it shares with every earlier one, modulo M = 2**128 (two uint64 limbs an
+element). The server adds the masked inputs modulo M; the masks cancel and
+what is left is the exact total, checked for overflow of the dtype and
+bit-identical to the reference backend. What the server sees: public keys
+and uniformly random masked inputs whose sum is the total. What it cannot
+compute: any pair's shared secret, hence any worker's partial sum or any
+client's value. With one worker there is no pair and nothing to mask with:
+the server then receives the total, which is the output anyway. Not covered:
+dropout recovery (Bonawitz et al.'s secret sharing of keys) is not
+implemented, so a worker lost mid-sum fails the sum (or, with `retries`,
+restarts it with fresh keys on every worker); the threat model is an
+honest-but-curious server, so one that substitutes public keys (a
+man-in-the-middle) is out of scope; the clients of one worker trust that
+worker; and a failing check reveals what the reference backend's message
+says (an out-of-range value and its client, or that a shard's own sum
+overflows). The `reference`, `threads` and `dask` backends compute the same
+sums without masking.
+
 Faults. A worker that dies, does not answer within `timeout` seconds, or
 answers with a malformed frame is stopped and replaced by a new process.
 Without `retries`, the request fails with a `BackendError` naming the worker
@@ -34,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import secrets
 import select
 import selectors
 import signal
@@ -48,13 +76,15 @@ from typing import Any
 
 from fedcc.ir import errors
 from fedcc.ir.errors import BackendError, FedccError
-from fedcc.runtimes import wire
-from fedcc.runtimes.backend import Backend, ClientSession
+from fedcc.runtimes import secure_aggregation, wire
+from fedcc.runtimes.backend import Aggregation, Backend, ClientSession, ClientValue
 from fedcc.runtimes.shard import (
     AggregateRequest,
     BroadcastRequest,
     LoadRequest,
     MapRequest,
+    MaskedSumRequest,
+    MaskKeyRequest,
     MaterializeRequest,
     PlaceRequest,
     ReleaseRequest,
@@ -90,6 +120,8 @@ _REQUEST_NAMES: dict[type, Callable[[Any], str]] = {
     LoadRequest: lambda request: f"load of {request.uri!r}",
     MapRequest: lambda request: f"{request.intrinsic} request",
     AggregateRequest: lambda request: f"{request.aggregation.intrinsic} request",
+    MaskKeyRequest: lambda request: "key exchange of a secure sum",
+    MaskedSumRequest: lambda request: f"masked {request.aggregation.intrinsic}",
     MaterializeRequest: lambda request: "request for the client values",
     ReleaseRequest: lambda request: "release",
 }
@@ -113,6 +145,17 @@ class _WorkerLost(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _SecureSumLost(Exception):
+    """A worker of a masked secure sum was lost: the sum must start over with fresh keys.
+
+    `error` is the `BackendError` to raise when no retry is left.
+    """
+
+    def __init__(self, error: BackendError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class WorkerProcess:
@@ -315,6 +358,11 @@ class ProcessSession(ShardedSession):
             return [None] * len(requests)
         return self.backend._serve(self, requests)
 
+    def aggregate(self, argument: ClientValue, aggregation: Aggregation) -> Any:
+        if aggregation.kind != "bounded_sum" or self.num_clients == 0:
+            return super().aggregate(argument, aggregation)
+        return self.backend._secure_sum(self, self._sendable(argument), aggregation)
+
     def close(self) -> None:
         self.closing = True
         super().close()
@@ -365,6 +413,7 @@ class ProcessesBackend(Backend):
                 "values_referenced",
                 "missing_content",
                 "restarts",
+                "secure_sums",
             ),
             0,
         )
@@ -398,8 +447,60 @@ class ProcessesBackend(Backend):
 
     # -- serving a run's requests -----------------------------------------------------
 
-    def _serve(self, session: ProcessSession, requests: Sequence[ShardRequest]) -> list[Any]:
-        """Delivers `requests[k]` to shard k of `session`; their answers, in shard order."""
+    def _secure_sum(
+        self, session: ProcessSession, argument: ClientValue, aggregation: Aggregation
+    ) -> Any:
+        """A bounded sum by pairwise masking (runtimes/secure_aggregation.py): the exact total.
+
+        Two steps, back to back under the lock: every shard sends a fresh
+        public key; then every shard, given all the keys, sends its masked
+        partial sum. A worker lost in either step (or in between) leaves masks
+        that cannot cancel: with `retries` both steps start over, with fresh
+        keys and nonce, on every shard (a lost shard rebuilt first); without,
+        a `BackendError` names the worker.
+        """
+        with self._lock:
+            attempt = 0
+            while True:
+                # Fresh keys make every mask new; the nonce also separates aggregations.
+                nonce = secrets.token_bytes(secure_aggregation.NONCE_BYTES)
+                shards = len(session.bounds)
+                try:
+                    keys = self._serve(session, [MaskKeyRequest(nonce)] * shards, rerun_lost=False)
+                    # The processes that hold the private keys must be the ones that answer.
+                    holders = [self._slots[k].generation for k in range(shards)]
+                    requests = [
+                        MaskedSumRequest(argument, aggregation, nonce, k, tuple(keys))
+                        for k in range(shards)
+                    ]
+                    masked = self._serve(session, requests, rerun_lost=False, holders=holders)
+                except _SecureSumLost as lost:
+                    if attempt >= self.retries:
+                        raise BackendError(
+                            f"{lost.error}. A secure sum needs every worker's masked input (the "
+                            "masks cancel only in the sum of all of them), so no sum was computed"
+                        ) from None
+                    attempt += 1
+                    continue
+                self._statistics["secure_sums"] += 1
+                names = [self._slots[k].describe() for k in range(shards)]
+                return secure_aggregation.unmask(aggregation, masked, names)
+
+    def _serve(
+        self,
+        session: ProcessSession,
+        requests: Sequence[ShardRequest],
+        rerun_lost: bool = True,
+        holders: Sequence[int] | None = None,
+    ) -> list[Any]:
+        """Delivers `requests[k]` to shard k of `session`; their answers, in shard order.
+
+        `rerun_lost=False`: a request lost with its worker is not sent again
+        (a secure sum starts over instead); `_SecureSumLost` says which worker.
+        `holders`: the generation of the process each request must reach (the
+        one holding a secure sum's key); a shard whose process was replaced
+        since is lost.
+        """
         with self._lock:
             if self._closed:
                 raise BackendError("this processes backend is closed")
@@ -412,29 +513,39 @@ class ProcessesBackend(Backend):
             while pending:
                 jobs: dict[int, ShardRequest] = {}
                 outcomes = self._start_missing(pending)
+                keys_lost: list[int] = []
                 for k in pending:
                     if k in outcomes:
+                        continue
+                    if holders is not None and self._slots[k].generation != holders[k]:
+                        keys_lost.append(k)
                         continue
                     try:
                         self._rebuild_if_lost(session, k, attempts)
                         jobs[k] = requests[k]
                     except (_WorkerLost, FedccError) as error:
                         outcomes[k] = error
+                if keys_lost:
+                    raise _SecureSumLost(self._keys_lost_error(session, keys_lost[0], requests))
                 outcomes.update(self._exchange(session, jobs))
                 pending = []
+                lost: list[int] = []
                 for k, outcome in sorted(outcomes.items()):
                     if isinstance(outcome, _WorkerLost):
                         self._replace(k, outcome.reason)
-                        if attempts[k] < self.retries:
+                        if rerun_lost and attempts[k] < self.retries:
                             attempts[k] += 1
                             pending.append(k)
                         else:
                             failures[k] = self._lost_error(session, k, requests[k])
+                            lost.append(k)
                     elif isinstance(outcome, FedccError):
                         failures[k] = outcome
                     else:
                         answers[k] = outcome
                         self._record(session, k, requests[k])
+                if lost and not rerun_lost:
+                    raise _SecureSumLost(failures[lost[0]])
             if failures:
                 # The first shard's error: the one naming the first client, as in the reference.
                 raise failures[min(failures)]
@@ -514,6 +625,17 @@ class ProcessesBackend(Backend):
             f"processes backend: worker {k} {self._slots[k].last_fault} during the "
             f"{_REQUEST_NAMES[type(request)](request)} for clients [{start}, {stop}){tries}; "
             "it was replaced by a new process, and its clients' values of this run are lost"
+        )
+
+    def _keys_lost_error(
+        self, session: ProcessSession, k: int, requests: Sequence[ShardRequest]
+    ) -> BackendError:
+        start, stop = session.bounds[k]
+        tries = "" if not self.retries else f" (after {self.retries} retries)"
+        return BackendError(
+            f"processes backend: worker {k} {self._slots[k].last_fault}, after the key exchange "
+            f"of the {_REQUEST_NAMES[type(requests[k])](requests[k])} for clients "
+            f"[{start}, {stop}){tries}; its private key was lost with it"
         )
 
     def _finish(self, session: ProcessSession, requests: Sequence[ShardRequest]) -> None:

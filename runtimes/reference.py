@@ -2,7 +2,9 @@
 
 It is the oracle the other backends are tested against: the same interpreter,
 the same shard protocol and the same canonical reduction tree, with no
-concurrency and no transport in the way.
+concurrency and no transport in the way. Secure sums are plain bounded sums
+here (their range and overflow checks are the contract); the `processes`
+backend masks them (runtimes/secure_aggregation.py), with the same results.
 """
 
 from __future__ import annotations

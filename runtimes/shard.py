@@ -12,6 +12,9 @@ Everything a request carries is plain data: ints, runtime values (arrays,
 tuples, lists), `ClientValue` descriptions, `Aggregation`s and building blocks
 (which travel as serialized IR). Only aggregates come back from `aggregate`:
 one partial value per complete subtree of the canonical tree inside the shard.
+A session may instead run a secure sum as masked aggregation
+(runtimes/secure_aggregation.py): a `MaskKeyRequest` answers a fresh public
+key, then a `MaskedSumRequest` answers the shard's masked partial sum.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from fedcc.ir.building_blocks import BuildingBlock
 from fedcc.ir.errors import BackendError
 from fedcc.ir.types import Type
-from fedcc.runtimes import client_data, reduction
+from fedcc.runtimes import client_data, reduction, secure_aggregation
 from fedcc.runtimes.aggregations import tree_operations
 from fedcc.runtimes.backend import (
     Aggregation,
@@ -90,6 +93,32 @@ class AggregateRequest:
 
 
 @dataclass(frozen=True)
+class MaskKeyRequest:
+    """Make a fresh key pair for the secure sum `nonce`; answer its public key (bytes).
+
+    The first step of a masked secure sum (runtimes/secure_aggregation.py);
+    the shard keeps the private key for the `MaskedSumRequest` that follows.
+    """
+
+    nonce: bytes
+
+
+@dataclass(frozen=True)
+class MaskedSumRequest:
+    """Answer the shard's masked input to the secure sum `nonce` of `aggregation` (a bounded_sum).
+
+    `index` is this shard's position and `public_keys` every shard's public
+    key, in shard order, as the server relays them.
+    """
+
+    argument: ClientValue
+    aggregation: Aggregation
+    nonce: bytes
+    index: int
+    public_keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class MaterializeRequest:
     """Answer the clients' `argument` values, in order."""
 
@@ -105,7 +134,7 @@ class ReleaseRequest:
 
 ShardRequest = (
     PlaceRequest | BroadcastRequest | LoadRequest | MapRequest | AggregateRequest
-    | MaterializeRequest | ReleaseRequest
+    | MaskKeyRequest | MaskedSumRequest | MaterializeRequest | ReleaseRequest
 )
 
 
@@ -122,6 +151,9 @@ class ClientShard:
         self.stop = stop
         self._values: dict[int, list] = {}
         self._broadcasts: dict[int, Any] = {}
+        # The key pair of the secure sum in progress, by its nonce: one at a time, since
+        # the server sends a secure sum's two requests back to back.
+        self._mask_key: tuple[bytes, secure_aggregation.MaskKey] | None = None
 
     @property
     def size(self) -> int:
@@ -184,6 +216,36 @@ class ClientShard:
                 self.num_clients, self.start, self.stop, leaves(), operations.merge
             )
 
+    def mask_key(self, request: MaskKeyRequest) -> bytes:
+        key = secure_aggregation.MaskKey.generate()
+        self._mask_key = (request.nonce, key)
+        return key.public
+
+    def masked_sum(self, request: MaskedSumRequest) -> tuple[np.ndarray, ...]:
+        # A key serves one secure sum only: it is dropped whatever happens next.
+        held, self._mask_key = self._mask_key, None
+        if held is None or held[0] != request.nonce:
+            raise BackendError(
+                f"shard [{self.start}, {self.stop}) holds no key of the key exchange of this "
+                f"{request.aggregation.intrinsic}: expected a key request with its nonce first"
+            )
+        if request.aggregation.kind != "bounded_sum":
+            raise BackendError(
+                f"a masked sum adds bounded_sum partials, found a {request.aggregation.kind!r} "
+                "aggregation"
+            )
+        # The clients' range checks (and the shard's own overflow checks) happen here,
+        # on the clients' side, exactly as for an unmasked bounded sum.
+        partials = self.aggregate(AggregateRequest(request.argument, request.aggregation))
+        return secure_aggregation.masked_input(
+            request.aggregation,
+            [value for _, value in partials],
+            held[1],
+            request.index,
+            request.public_keys,
+            request.nonce,
+        )
+
     def materialize(self, request: MaterializeRequest) -> list:
         return list(self.values(request.argument))
 
@@ -216,6 +278,8 @@ _HANDLERS: dict[type, Callable[[ClientShard, Any], Any]] = {
     LoadRequest: ClientShard.load,
     MapRequest: ClientShard.map,
     AggregateRequest: ClientShard.aggregate,
+    MaskKeyRequest: ClientShard.mask_key,
+    MaskedSumRequest: ClientShard.masked_sum,
     MaterializeRequest: ClientShard.materialize,
     ReleaseRequest: ClientShard.release,
 }

@@ -6,7 +6,9 @@ shard k stays in memory here, and each request to it runs on worker thread k
 client work runs in parallel wherever NumPy releases the GIL. Client data is
 not copied: a shard holds the very arrays it was given. Reductions follow the
 canonical tree, so results are bit-identical to the `reference` backend for
-any number of workers.
+any number of workers. Secure sums are plain bounded sums here (every shard
+lives in this process, so there is no server to hide them from); the
+`processes` backend masks them.
 
 The threads start on first use and are reused by every later run; they are
 daemon threads, so they never keep the interpreter from exiting.

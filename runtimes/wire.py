@@ -82,11 +82,14 @@ from fedcc.ir.type_text import parse_type
 from fedcc.ir.types import DTYPES, Type
 from fedcc.runtimes.backend import Aggregation, AllEqual, ClientValue, Handle, Selected, Zipped
 from fedcc.runtimes.reduction import Subtree
+from fedcc.runtimes.secure_aggregation import NONCE_BYTES, PUBLIC_KEY_BYTES
 from fedcc.runtimes.shard import (
     AggregateRequest,
     BroadcastRequest,
     LoadRequest,
     MapRequest,
+    MaskedSumRequest,
+    MaskKeyRequest,
     MaterializeRequest,
     PlaceRequest,
     ReleaseRequest,
@@ -94,7 +97,8 @@ from fedcc.runtimes.shard import (
 )
 
 MAGIC = b"FCW1"
-PROTOCOL_VERSION = 1
+# 2: secure sums are masked (MaskKeyRequest, MaskedSumRequest).
+PROTOCOL_VERSION = 2
 DIGEST_SIZE = 32
 # Values nest as deep as their types (at most 200) plus client value descriptions,
 # which nest as deep as the program (at most 1000 levels in a .pb).
@@ -261,6 +265,15 @@ def _is_digest(value: Any) -> bool:
     return type(value) is bytes and len(value) == DIGEST_SIZE
 
 
+def _is_nonce(value: Any) -> bool:
+    return type(value) is bytes and len(value) == NONCE_BYTES
+
+
+def _is_public_key(value: Any) -> bool:
+    # Only the length here; whether it is an element of the group is the receiver's check.
+    return type(value) is bytes and len(value) == PUBLIC_KEY_BYTES
+
+
 def _type_to_wire(t: Type) -> str:
     return str(t)
 
@@ -284,6 +297,14 @@ def _check_aggregation(aggregation: Aggregation) -> str | None:
         return "a fold aggregation without its accumulate and merge functions"
     if aggregation.kind == "bounded_sum" and aggregation.bounds is None:
         return "a bounded_sum aggregation without bounds"
+    return None
+
+
+def _check_masked_sum(request: MaskedSumRequest) -> str | None:
+    if request.aggregation.kind != "bounded_sum":
+        return f"a masked sum of a {request.aggregation.kind!r} aggregation, not a bounded_sum"
+    if not request.index < len(request.public_keys):
+        return f"a masked sum for shard {request.index} of {len(request.public_keys)} shards"
     return None
 
 
@@ -359,6 +380,19 @@ RECORDS: tuple[RecordKind, ...] = (
         (_is_count, _is_str, lambda value: isinstance(value, Type)),
         conversions={2: (_type_to_wire, _type_from_wire)},
     ),
+    RecordKind(20, MaskKeyRequest, (_is_nonce,)),
+    RecordKind(
+        21,
+        MaskedSumRequest,
+        (
+            _is_client_value,
+            lambda value: isinstance(value, Aggregation),
+            _is_nonce,
+            _is_count,
+            _tuple_of(_is_public_key),
+        ),
+        check_record=_check_masked_sum,
+    ),
 )
 
 _REQUEST_CLASSES = (
@@ -367,6 +401,8 @@ _REQUEST_CLASSES = (
     LoadRequest,
     MapRequest,
     AggregateRequest,
+    MaskKeyRequest,
+    MaskedSumRequest,
     MaterializeRequest,
     ReleaseRequest,
 )

@@ -28,6 +28,8 @@ from fedcc.runtimes.shard import (
     BroadcastRequest,
     LoadRequest,
     MapRequest,
+    MaskedSumRequest,
+    MaskKeyRequest,
     MaterializeRequest,
     PlaceRequest,
     ReleaseRequest,
@@ -130,6 +132,8 @@ def test_every_record_kind_round_trips():
         MapRequest(7, "federated_eval_at_clients", function, None),
         AggregateRequest(Handle(6), aggregation),
         AggregateRequest(Handle(6), bounded),
+        MaskKeyRequest(b"\x07" * 16),
+        MaskedSumRequest(Handle(6), bounded, b"\x07" * 16, 1, (b"\x02" * 256, b"\x03" * 256)),
         MaterializeRequest(Selected(Handle(6), 1)),
         ReleaseRequest((1, 2, 3)),
     ]

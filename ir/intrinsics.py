@@ -9,6 +9,7 @@ the concrete function type, checked against this rule when it is built.
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +25,9 @@ from fedcc.ir.types import (
     StructType,
     TensorType,
     Type,
+    first_inside,
     is_assignable_from,
+    tensor_leaf_dtype_kinds,
     walk_types,
 )
 
@@ -87,14 +90,19 @@ def _accepts(uri: str, signature: str, found: Type | None, target: Type, source:
 
 
 def _check_unplaced_value(uri: str, sig: str, found: Type | None, t: Type, what: str) -> None:
-    for inner in walk_types(t):
-        if isinstance(inner, (FederatedType, FunctionType, PlacementType)):
-            raise _fail(uri, sig, found, f"{what} {t} must be an unplaced value, it holds {inner}")
+    inner = first_inside(t, (FederatedType, FunctionType, PlacementType))
+    if inner is not None:
+        raise _fail(uri, sig, found, f"{what} {t} must be an unplaced value, it holds {inner}")
 
 
 def _numeric_leaves(
     uri: str, signature: str, found: Type | None, t: Type, kinds: str
 ) -> None:
+    # The types know the dtype kinds of their leaves: a program sums the same big struct
+    # at many nodes, so the check must not walk it; only an error walks, to name the leaf.
+    leaf_kinds = tensor_leaf_dtype_kinds(t)
+    if leaf_kinds is not None and set(leaf_kinds) <= set(kinds):
+        return
     for leaf in walk_types(t):
         if isinstance(leaf, StructType):
             continue
@@ -106,10 +114,35 @@ def _numeric_leaves(
 INTRINSICS: dict[str, IntrinsicDef] = {}
 
 
+def _remembered(uri: str, signature: str, rule: Callable[[str, str, Type | None], Type]):
+    """`rule` for `uri`, answering each distinct parameter type once.
+
+    A program calls an intrinsic at one type at many nodes, and some rules walk
+    the whole type (the leaves of a secure sum's bound): remembering the answer
+    keeps each node's check O(1), so loading a file costs no more than its
+    distinct types. Types are interned, so a type is its own key; the memo holds
+    parameter types weakly and results weakly too (a result may hold its
+    parameter, which a strong value would keep alive forever).
+    """
+    memo: weakref.WeakKeyDictionary[Type, weakref.ref[Type]] = weakref.WeakKeyDictionary()
+
+    def result_type(parameter: Type | None) -> Type:
+        if parameter is None:
+            return rule(uri, signature, parameter)
+        known = memo.get(parameter)
+        result = None if known is None else known()
+        if result is None:
+            result = rule(uri, signature, parameter)
+            memo[parameter] = weakref.ref(result)
+        return result
+
+    return result_type
+
+
 def _register(uri: str, signature: str, kind: IntrinsicKind, core: bool, description: str):
     def decorate(rule: Callable[[str, str, Type | None], Type]):
         INTRINSICS[uri] = IntrinsicDef(
-            uri, signature, kind, core, lambda p: rule(uri, signature, p), description
+            uri, signature, kind, core, _remembered(uri, signature, rule), description
         )
         return rule
 

@@ -64,11 +64,18 @@ MAX_NODE_DEPTH = 1000
 # Shared subtrees make a small file stand for a huge tree (each node a pair of
 # the previous one: 2**1000 nodes). Tools walk trees, so their unfolded size is bounded.
 MAX_UNFOLDED_NODES = 10_000_000
-# Every type's text is built from its children's texts, so shared types could
-# also make a small file expand into gigabytes of type text. Reading charges the
-# type text each construction handles against this allowance, plus some per input byte.
+# A type table entry refers to earlier entries, so a small file can describe a type
+# whose unfolded form (its text, its leaves) is gigabytes: `<t,t>` nested 40 times.
+# Types are interned and compared by identity, so a node's typing costs O(1) per type it
+# refers to, however big; but some checks unfold a type (a local graph's tensor leaves,
+# a first comparison of two different types, an error message naming it). So reading
+# charges each *distinct* type, once, the length of its text (its unfolded size)
+# against this allowance plus some per input byte; a type mentioned by a million
+# nodes is charged once, not a million times.
 TYPE_TEXT_ALLOWANCE = 2**24
 TYPE_TEXT_PER_INPUT_BYTE = 256
+# How much of a type an error message about the input shows.
+SHOWN_TYPE_LENGTH = 400
 # NumPy's own limit on the number of dimensions.
 MAX_TENSOR_RANK = 64
 # Even an empty tensor may not declare absurd dimensions: NumPy could not represent them.
@@ -253,8 +260,8 @@ class _Reader:
         self._text_left = TYPE_TEXT_ALLOWANCE + TYPE_TEXT_PER_INPUT_BYTE * input_size
 
     def charge_text(self, characters: int) -> None:
-        """Accounts for type text about to be built or compared; refuses when the input's allowance
-        is spent."""
+        """Accounts for the unfolded size of a type (its text length) that reading may have to
+        walk; refuses when the input's allowance is spent."""
         self._text_left -= characters
         if self._text_left < 0:
             raise IRFormatError(
@@ -286,6 +293,9 @@ class _Reader:
                 if kind is None:
                     raise IRFormatError(f"it has no kind (expected one of {_TYPE_KINDS})")
                 built = _TYPE_CODECS_BY_KIND[kind].decode(self, getattr(entry, kind), position)
+                # Building it cost O(its entry): its text is built only if printed. Its
+                # unfolded size is charged here, once for every node that refers to it.
+                self.charge_text(built.text_length)
             except FedccError as error:
                 raise IRFormatError(f"type {position} ({kind}): {error}") from None
             self.types.append(built)
@@ -308,14 +318,14 @@ class _Reader:
                         )
                 measure.add(children)
                 stored = self.type_at(entry.type, "type")
-                self.charge_text(
-                    len(str(stored)) + sum(len(str(self.nodes[c].type_signature)) for c in children)
-                )
+                # No charge here: the types a node refers to are table entries, charged once,
+                # interned, and checked in O(1) (identity), remembered assignability and
+                # remembered intrinsic rules; only a local graph unfolds its types (below).
                 built = codec.decode(self, body, stored)
-                if built.type_signature != stored:
+                if built.type_signature is not stored:
                     raise IRFormatError(
-                        f"its stored type {stored} differs from {built.type_signature}, "
-                        f"the type its construction computes"
+                        f"its stored type {_shown(stored)} differs from "
+                        f"{_shown(built.type_signature)}, the type its construction computes"
                     )
             except _CONSTRUCTION_ERRORS as error:
                 where = f"node {position} ({kind}{self._users(position)})"
@@ -425,6 +435,13 @@ def _decode_tensor(message: pb.Tensor) -> np.ndarray:
     return np.frombuffer(content, dtype=dtype).reshape(shape)
 
 
+def _shown(t: Type) -> str:
+    """`t`'s text for an error message, cut short: a type the input built may be huge."""
+    if t.text_length <= SHOWN_TYPE_LENGTH:
+        return str(t)
+    return f"{t.__class__.__name__} of {t.text_length} characters of text"
+
+
 def _name_or_none(name: str) -> str | None:
     return name or None
 
@@ -436,7 +453,10 @@ def _decode_graph(reader: _Reader, message: pb.LocalGraph) -> Graph:
         else None
     )
     result_type = reader.type_at(message.result_type, "graph result type")
-    reader.charge_text(len(str(parameter_type or "")) + len(str(result_type)))
+    # A graph lists the tensor leaves of its parameter and result: unfolded, once a graph.
+    reader.charge_text(
+        (0 if parameter_type is None else parameter_type.text_length) + result_type.text_length
+    )
     ops = []
     for position, op in enumerate(message.ops):
         try:
@@ -498,7 +518,6 @@ def _decode_tensor_type(reader: _Reader, message: pb.TensorType, position: int) 
         if dim < -1:
             raise IRFormatError(f"dimension {dim} is negative (-1 stands for unknown)")
         dims.append(None if dim == -1 else dim)
-    reader.charge_text(len(name) + 2 + 21 * len(dims))
     return TensorType(name, dims)
 
 
@@ -513,7 +532,6 @@ def _decode_struct_type(reader: _Reader, message: pb.StructType, position: int) 
         (_name_or_none(e.name), reader.earlier_type(e.type, position, f"element {i}"))
         for i, e in enumerate(message.elements)
     ]
-    reader.charge_text(2 + sum(len(n or "") + 2 + len(str(t)) for n, t in elements))
     return StructType(elements)
 
 
@@ -523,7 +541,6 @@ def _encode_sequence_type(writer: _Writer, entry: pb.Type, t: SequenceType) -> N
 
 def _decode_sequence_type(reader: _Reader, message: pb.SequenceType, position: int) -> Type:
     element = reader.earlier_type(message.element, position, "element")
-    reader.charge_text(1 + len(str(element)))
     return SequenceType(element)
 
 
@@ -541,7 +558,6 @@ def _decode_function_type(reader: _Reader, message: pb.FunctionType, position: i
         else None
     )
     result = reader.earlier_type(message.result, position, "result")
-    reader.charge_text(6 + len(str(parameter or "")) + len(str(result)))
     return FunctionType(parameter, result)
 
 
@@ -554,7 +570,6 @@ def _encode_federated_type(writer: _Writer, entry: pb.Type, t: FederatedType) ->
 def _decode_federated_type(reader: _Reader, message: pb.FederatedType, position: int) -> Type:
     member = reader.earlier_type(message.member, position, "member")
     placement = _decode_placement(message.placement)
-    reader.charge_text(12 + len(str(member)))
     return FederatedType(member, placement, all_equal=message.all_equal)
 
 
@@ -565,7 +580,6 @@ def _decode_placement(code: int) -> PlacementLiteral:
 
 
 def _decode_placement_type(reader: _Reader, message: pb.PlacementType, position: int) -> Type:
-    reader.charge_text(len("placement"))
     return PlacementType()
 
 
@@ -615,7 +629,6 @@ def _decode_lambda(reader: _Reader, message: pb.Lambda, stored: Type) -> Buildin
     parameter_type = None
     if message.HasField("parameter_type"):
         parameter_type = reader.type_at(message.parameter_type, "parameter type")
-        reader.charge_text(len(str(parameter_type)))
     return Lambda(
         _name_or_none(message.parameter_name), parameter_type, reader.nodes[message.result]
     )

@@ -39,6 +39,7 @@ ill-typed IR (with the type error's message, at the offending construct).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import math
@@ -76,6 +77,7 @@ from fedcc.ir.types import (
     is_valid_field_name,
     is_valid_variable_name,
     tensor_leaves,
+    text_with_names,
 )
 
 _INDENT = "  "
@@ -263,18 +265,19 @@ _UNBIND = object()
 
 
 class _Printer:
-    """Prints building blocks iteratively; work items are text, `(node, level)` or scope edits."""
+    """Prints building blocks iteratively; work items are text, types, `(node, level)` or scope
+    edits. Types stay `Type` pieces until `_render` decides which of them to print by alias."""
 
     def __init__(self, multiline: bool) -> None:
         self._multiline = multiline
         self._scope: dict[str, list[Type]] = {}
 
-    def text(self, root: BuildingBlock) -> str:
-        pieces: list[str] = []
+    def pieces(self, root: BuildingBlock) -> list[str | Type]:
+        pieces: list[str | Type] = []
         work: list[Any] = [(root, 0)]
         while work:
             item = work.pop()
-            if type(item) is str:
+            if type(item) is str or isinstance(item, Type):
                 pieces.append(item)
             elif item[0] is _BIND:
                 self._scope.setdefault(item[1], []).append(item[2])
@@ -283,7 +286,7 @@ class _Printer:
             else:
                 node, node_level = item
                 work.extend(reversed(_NODE_PRINTERS[type(node)](self, node, node_level)))
-        return "".join(pieces)
+        return pieces
 
     def _break(self, level: int, compact: str) -> str:
         """A new line indented to `level` in the multi-line form; `compact` in the compact one."""
@@ -295,14 +298,16 @@ class _Printer:
         bound = self._scope.get(node.name)
         if bound and bound[-1] == node.type_signature:
             return [node.name]
-        return [f"({node.name}:{node.type_signature})"]
+        return [f"({node.name}:", node.type_signature, ")"]
 
     def _lambda(self, node: Lambda, level: int) -> list[Any]:
         name = node.parameter_name
         if name is None:
             return ["( -> ", (node.result, level), ")"]
         return [
-            f"({name}:{node.parameter_type} -> ",
+            f"({name}:",
+            node.parameter_type,
+            " -> ",
             (_BIND, name, node.parameter_type),
             (node.result, level),
             (_UNBIND, name),
@@ -352,7 +357,7 @@ class _Printer:
         return [(node.source, level), f"[{node.index}]"]
 
     def _intrinsic(self, node: Intrinsic, level: int) -> list[Any]:
-        return [f"{node.uri}:{node.type_signature}"]
+        return [f"{node.uri}:", node.type_signature]
 
     def _placement(self, node: Placement, level: int) -> list[Any]:
         return [node.placement.name]
@@ -361,7 +366,7 @@ class _Printer:
         return [_literal_text(node.value)]
 
     def _data(self, node: Data, level: int) -> list[Any]:
-        return [f"data({json.dumps(node.uri)}):{node.type_signature}"]
+        return [f"data({json.dumps(node.uri)}):", node.type_signature]
 
     def _local_graph(self, node: LocalGraph, level: int) -> list[Any]:
         graph = node.graph
@@ -373,11 +378,12 @@ class _Printer:
                 line += " {" + ", ".join(_attribute_text(k, v) for k, v in op.attributes) + "}"
             lines.append(line)
         lines.append("return (" + ", ".join(f"%{i}" for i in graph.outputs) + ")")
-        head = f"graph{graph.function_type} {{"
+        # Op result types are tensors, short: they print in full; the signature may hold a
+        # program's big struct type, which may print by alias.
         if not self._multiline:
-            return [head + "; ".join(lines) + "}"]
+            return ["graph", graph.function_type, " {" + "; ".join(lines) + "}"]
         body = "".join(self._break(level + 1, "") + line for line in lines)
-        return [head + body + self._break(level, "") + "}"]
+        return ["graph", graph.function_type, " {" + body + self._break(level, "") + "}"]
 
 
 _NODE_PRINTERS: dict[type, Callable[[_Printer, Any, int], list[Any]]] = {
@@ -395,14 +401,90 @@ _NODE_PRINTERS: dict[type, Callable[[_Printer, Any, int], list[Any]]] = {
 }
 
 
+# A type whose text is at least this long prints by alias (`!t0`) when it would otherwise
+# print more than once: long enough that small programs print as before, short enough that
+# a wide struct type repeated at every selection costs one line, not one copy a use.
+ALIAS_MIN_LENGTH = 120
+
+
+def _alias_names(pieces: list[str | Type]) -> dict[Type, str]:
+    """The types of `pieces` (and inside them) to print by alias, with their names.
+
+    A type is aliased when its text is long and it would print at least twice,
+    counting its prints inside other types that are not aliased themselves.
+    Counts saturate at 2, so a type shared inside itself costs its distinct parts.
+    """
+    printed = [p for p in pieces if isinstance(p, Type)]
+    counts: dict[Type, int] = {}
+    order: dict[Type, int] = {}  # first appearance, depth-first in print order: names follow it
+    stack = [t for t in reversed(printed) if t.text_length >= ALIAS_MIN_LENGTH]
+    for t in printed:
+        if t.text_length >= ALIAS_MIN_LENGTH:
+            counts[t] = min(2, counts.get(t, 0) + 1)
+    while stack:
+        current = stack.pop()
+        if current in order:
+            continue
+        order[current] = len(order)
+        stack.extend(
+            child
+            for child in reversed(current.children())
+            if child.text_length >= ALIAS_MIN_LENGTH
+        )
+    aliased = []
+    # Outer types first (a type is deeper than anything inside it): a type's count is final
+    # when every type holding it has passed its own prints on.
+    for t in sorted(order, key=lambda t: (-t.depth, order[t])):
+        count = counts.get(t, 0)
+        if count >= 2:
+            aliased.append(t)
+            count = 1  # its definition prints its parts once
+        for child in t.children():
+            if child in order:
+                counts[child] = min(2, counts.get(child, 0) + count)
+    aliased.sort(key=lambda t: order[t])
+    return {t: f"!t{number}" for number, t in enumerate(aliased)}
+
+
+def _render(parts: list[list[str | Type]], multiline: bool) -> tuple[str, list[str]]:
+    """The alias definitions and the texts of printed `parts` (one list of pieces a text)."""
+    names = _alias_names([piece for pieces in parts for piece in pieces])
+    definitions = [
+        f"{name} = {text_with_names(t, names)};"
+        # Parts before wholes: a definition may use only the aliases before it.
+        for t, name in sorted(names.items(), key=lambda item: (item[0].depth, item[1]))
+    ]
+    texts = [
+        "".join(
+            piece if type(piece) is str else names.get(piece) or text_with_names(piece, names)
+            for piece in pieces
+        )
+        for pieces in parts
+    ]
+    return ("\n" if multiline else " ").join(definitions), texts
+
+
+def _block_text(block: BuildingBlock, multiline: bool) -> str:
+    definitions, (text,) = _render([_Printer(multiline).pieces(block)], multiline)
+    if not definitions:
+        return text
+    return definitions + ("\n" if multiline else " ") + text
+
+
 def _program_text(program: Program) -> str:
     lines = [f"program v{FORMAT_VERSION}"]
     for key, value in program.metadata.items():
         shown_key = key if is_valid_field_name(key) else json.dumps(key)
         lines.append(f"metadata {shown_key} = {json.dumps(value)}")
-    for name, computation in program.computations.items():
+    names = list(program.computations)
+    definitions, texts = _render(
+        [_Printer(multiline=True).pieces(c) for c in program.computations.values()], True
+    )
+    if definitions:
+        lines.extend(["", definitions])
+    for name, text in zip(names, texts, strict=True):
         lines.append("")
-        lines.append(f"computation {name} = {_Printer(multiline=True).text(computation)}")
+        lines.append(f"computation {name} = {text}")
     return "\n".join(lines) + "\n"
 
 
@@ -417,7 +499,7 @@ def to_text(x: BuildingBlock | Program) -> str:
     if isinstance(x, Program):
         return _program_text(x)
     if isinstance(x, BuildingBlock):
-        return _Printer(multiline=True).text(x)
+        return _block_text(x, multiline=True)
     raise FederatedTypeError(f"to_text expects a BuildingBlock or a Program, found {x!r}")
 
 
@@ -425,7 +507,7 @@ def to_compact_text(x: BuildingBlock) -> str:
     """The one-line text of a building block, like TFF's compact form; `parse_text` inverts it."""
     if not isinstance(x, BuildingBlock):
         raise FederatedTypeError(f"to_compact_text expects a BuildingBlock, found {x!r}")
-    return _Printer(multiline=False).text(x)
+    return _block_text(x, multiline=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +601,7 @@ class _SyntaxBuilder(TypeBuilder):
     """
 
     def start(self, children):
-        return children[0]
+        return children[-1]  # after the type alias definitions, if any
 
     def program(self, children):
         version, *entries = children
@@ -530,6 +612,8 @@ class _SyntaxBuilder(TypeBuilder):
         metadata: dict[str, str] = {}
         computations: list[_Computation] = []
         for entry in entries:
+            if entry is None:  # a type alias definition: it did its work as it reduced
+                continue
             if isinstance(entry, _Metadata):
                 if entry.key in metadata:
                     raise _PositionedError(f"metadata key {entry.key!r} repeats", entry.where)
@@ -548,6 +632,13 @@ class _SyntaxBuilder(TypeBuilder):
     def computation(self, children):
         name, body = children
         return _Computation(str(name), body, name)
+
+    def type_alias_definition(self, children):
+        token, defined = children
+        aliases = _TYPE_ALIASES.get()
+        if str(token) in aliases:
+            raise _PositionedError(f"type alias {token} is defined twice", token)
+        aliases[str(token)] = defined
 
     def call(self, children):
         function, argument = children
@@ -689,10 +780,26 @@ class _SyntaxBuilder(TypeBuilder):
         return children[0].parts.value
 
 
+class _AliasingTypeBuilder(TypeBuilder):
+    """The type rules of program text, where a type alias stands for the type it was defined as."""
+
+    def type_alias(self, children):
+        (token,) = children
+        defined = _TYPE_ALIASES.get().get(str(token))
+        if defined is None:
+            raise _PositionedError(f"type alias {token} is not defined before this use", token)
+        return defined
+
+
+# The type aliases defined so far in the text being parsed; a fresh dict a `parse_text`
+# call, so that parses in several threads (one shared parser) do not see each other's.
+_TYPE_ALIASES: contextvars.ContextVar[dict[str, Type]] = contextvars.ContextVar("type_aliases")
+
+
 @functools.cache
 def _parser() -> lark.Lark:
     # The builder runs inside the LALR parser as rules reduce: no parse tree, no recursion.
-    builder = lark.visitors.merge_transformers(_SyntaxBuilder(), types=TypeBuilder())
+    builder = lark.visitors.merge_transformers(_SyntaxBuilder(), types=_AliasingTypeBuilder())
     return lark.Lark.open(
         str(GRAMMAR_DIR / "program.lark"),
         start="start",
@@ -934,6 +1041,7 @@ def parse_text(text: str) -> BuildingBlock | Program:
     """
     if not isinstance(text, str):
         raise TextSyntaxError(f"expected the text of a program, found {type(text).__name__}")
+    aliases = _TYPE_ALIASES.set({})
     try:
         syntax = _parse_syntax(text)
         if isinstance(syntax, _ProgramSyntax):
@@ -943,3 +1051,5 @@ def parse_text(text: str) -> BuildingBlock | Program:
         raise TextSyntaxError(
             caret_message(error.message, text, error.line, error.column)
         ) from None
+    finally:
+        _TYPE_ALIASES.reset(aliases)

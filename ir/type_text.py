@@ -52,6 +52,12 @@ class TypeBuilder(lark.Transformer):
     def placement_type(self, _):
         return t.PlacementType()
 
+    def type_alias(self, children):
+        # Only program text defines aliases (ir/program.lark); the text parser overrides this.
+        raise FederatedTypeError(
+            f"type alias {children[0]} is not defined: aliases are defined in program text only"
+        )
+
 
 @functools.cache
 def _parser() -> lark.Lark:

@@ -1,15 +1,21 @@
 """The federated type system: immutable, hashable, structurally compared types (DESIGN §3).
 
-Types are abstract values: they never hold data. Each type computes its hash,
-nesting depth and canonical text once, at construction, so comparing and
-printing types is cheap and never recurses deeply.
+Types are abstract values: they never hold data. They are interned (one
+instance a distinct type), so comparing and hashing them is O(1). Each type
+computes its hash, nesting depth, text length and the kinds of type it holds
+once, at construction, from its children's; its canonical text on first use.
+No operation on types recurses deeply, and none walks a type shared inside
+itself in more than its distinct parts, except those that return its unfolded
+contents (`walk_types`, `tensor_leaves`).
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,20 +88,89 @@ CLIENTS = PlacementLiteral.CLIENTS
 SERVER = PlacementLiteral.SERVER
 
 
+# Bits of `Type._within` and `Type._within_structs`: what kinds of type (and tensor dtype
+# kinds) a type holds, so nesting rules and intrinsic rules are answered without a walk.
+_TENSOR, _STRUCT, _SEQUENCE, _FUNCTION, _FEDERATED, _PLACEMENT = (1 << i for i in range(6))
+_DTYPE_KIND_BITS = {"b": 1 << 6, "i": 1 << 7, "u": 1 << 8, "f": 1 << 9}
+_ALL_DTYPE_KIND_BITS = sum(_DTYPE_KIND_BITS.values())
+
+# One instance a distinct type (hash-consing): constructing a type that exists returns the
+# existing instance, so equal types are identical, equality and hashing are O(1), and a type
+# that a program mentions n times is built, validated and printed once. Weak values: a type
+# nothing else holds is dropped, so the table never outgrows the live types.
+_INTERNED: weakref.WeakValueDictionary[tuple, Type] = weakref.WeakValueDictionary()
+# Reentrant: a garbage-collector finalizer that runs while this thread holds the lock may
+# itself build a type.
+_INTERNING = threading.RLock()
+
+
+def _interned(key: tuple, build: Callable[[], Type]) -> Any:
+    """The one instance of the type of `key`, built (and so validated) only if it is new."""
+    with _INTERNING:
+        found = _INTERNED.get(key)
+    if found is not None:
+        return found
+    built = build()
+    with _INTERNING:
+        return _INTERNED.setdefault(key, built)
+
+
 class Type:
-    """Base of all types. Subclasses set `_key` (structural identity) and `_text`."""
+    """Base of all types: interned, so equal types are one instance.
 
-    __slots__ = ("_depth", "_hash", "_key", "_text")
+    Subclasses build instances in `__new__` through `_interned`, with a `_key` of
+    their own fields and their children *instances*: hashing or comparing a key
+    costs one step per child, never a walk of the whole type. What a whole-type
+    walk would give is computed once, at construction, from the children's
+    values: depth, text length, the kinds of type held. The canonical text is
+    built on first use and cached: a type built only to be compared or
+    serialized never pays for its text, whose size can be exponential in the
+    number of distinct types inside it.
+    """
 
-    def _finish(self, key: tuple, text: str, depth: int) -> None:
+    __slots__ = (
+        "__weakref__",
+        "_assignable",
+        "_depth",
+        "_hash",
+        "_key",
+        "_text",
+        "_text_length",
+        "_within",
+        "_within_structs",
+    )
+
+    def _finish(self, key: tuple, text: str | None, depth: int) -> None:
         if depth > MAX_TYPE_DEPTH:
             raise FederatedTypeError(
                 f"type nesting is {depth} levels deep; at most {MAX_TYPE_DEPTH} are supported"
             )
+        children = self.children()
+        own = _own_bits(self)
+        within_structs = own
+        if isinstance(self, StructType):
+            for child in children:
+                within_structs |= child._within_structs
+        within = own
+        for child in children:
+            within |= child._within
         object.__setattr__(self, "_key", key)
         object.__setattr__(self, "_text", text)
+        length = self._measure_text() if text is None else len(text)
+        object.__setattr__(self, "_text_length", length)
         object.__setattr__(self, "_depth", depth)
         object.__setattr__(self, "_hash", hash(key))
+        object.__setattr__(self, "_within", within)
+        object.__setattr__(self, "_within_structs", within_structs)
+        object.__setattr__(self, "_assignable", None)
+
+    def _measure_text(self) -> int:
+        """The length of the canonical text, from the children's lengths."""
+        raise NotImplementedError
+
+    def _make_text(self, text_of: Callable[[Type], str] = str) -> str:
+        """The canonical text, with `text_of(child)` for each child's text."""
+        return self._text
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -103,28 +178,49 @@ class Type:
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
+        # Interned types are equal only if identical; comparing keys (child by child, each
+        # child again by identity first) keeps equality structural for a type built around
+        # the table, such as one made with object.__new__.
         if not isinstance(other, Type) or self._hash != other._hash:
             return False
-        return type(self) is type(other) and self._text == other._text
+        return type(self) is type(other) and self._key == other._key
 
     def __hash__(self) -> int:
         return self._hash
 
     def __str__(self) -> str:
+        if self._text is None:
+            # Children first, with an explicit stack: types nest up to MAX_TYPE_DEPTH levels,
+            # more than Python's recursion limit allows when each level is a few frames.
+            stack: list[tuple[Type, bool]] = [(self, False)]
+            while stack:
+                current, children_done = stack.pop()
+                if current._text is not None:
+                    continue
+                if children_done:
+                    object.__setattr__(current, "_text", current._make_text())
+                    continue
+                stack.append((current, True))
+                stack.extend((child, False) for child in current.children())
         return self._text
 
     def __repr__(self) -> str:
-        return f"fc.parse_type({self._text!r})"
+        return f"fc.parse_type({str(self)!r})"
 
     def __reduce__(self):
         from fedcc.ir.type_text import parse_type
 
-        return (parse_type, (self._text,))
+        return (parse_type, (str(self),))
 
     @property
     def depth(self) -> int:
         """Nesting depth: 1 for a leaf type."""
         return self._depth
+
+    @property
+    def text_length(self) -> int:
+        """`len(str(self))`, known without building the text."""
+        return self._text_length
 
     def children(self) -> tuple[Type, ...]:
         """The types directly inside this one."""
@@ -136,7 +232,7 @@ class TensorType(Type):
 
     __slots__ = ("dtype", "shape")
 
-    def __init__(self, dtype: Any, shape: Iterable[int | None] = ()) -> None:
+    def __new__(cls, dtype: Any, shape: Iterable[int | None] = ()) -> TensorType:
         resolved = to_dtype(dtype)
         if isinstance(shape, (int, np.integer)) or shape is None:
             shape = (shape,)
@@ -150,12 +246,19 @@ class TensorType(Type):
                 raise FederatedTypeError(
                     f"a tensor dimension must be a non-negative int or None, found {dim!r}"
                 )
-        object.__setattr__(self, "dtype", resolved)
-        object.__setattr__(self, "shape", tuple(dims))
-        text = resolved.name
-        if dims:
-            text += "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
-        self._finish(("tensor", resolved.name, tuple(dims)), text, 1)
+        key = ("tensor", resolved.name, tuple(dims))
+
+        def build() -> TensorType:
+            self = object.__new__(cls)
+            object.__setattr__(self, "dtype", resolved)
+            object.__setattr__(self, "shape", key[2])
+            text = resolved.name
+            if dims:
+                text += "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
+            self._finish(key, text, 1)
+            return self
+
+        return _interned(key, build)
 
     @property
     def rank(self) -> int:
@@ -176,7 +279,7 @@ class StructType(Type):
 
     __slots__ = ("elements",)
 
-    def __init__(self, elements: Iterable[Any]) -> None:
+    def __new__(cls, elements: Iterable[Any]) -> StructType:
         items: list[tuple[str | None, Type]] = []
         for element in elements:
             if isinstance(element, tuple) and len(element) == 2 and (
@@ -185,19 +288,36 @@ class StructType(Type):
                 name, value = element
             else:
                 name, value = None, element
-            if name is not None and not is_valid_field_name(name):
-                raise FederatedTypeError(f"struct field name {name!r} is not an identifier")
             items.append((name, to_type(value)))
-        names = [n for n, _ in items if n is not None]
-        if len(set(names)) != len(names):
-            raise FederatedTypeError(f"struct field names repeat: {names}")
-        for _, t in items:
-            if isinstance(t, PlacementType):
-                raise FederatedTypeError("a struct cannot hold a placement type")
-        object.__setattr__(self, "elements", tuple(items))
-        text = "<" + ",".join(str(t) if n is None else f"{n}={t}" for n, t in items) + ">"
-        depth = 1 + max((t.depth for _, t in items), default=0)
-        self._finish(("struct", tuple((n, t._key) for n, t in items)), text, depth)
+        key = ("struct", tuple(items))
+
+        def build() -> StructType:
+            for name, _ in items:
+                if name is not None and not is_valid_field_name(name):
+                    raise FederatedTypeError(f"struct field name {name!r} is not an identifier")
+            names = [n for n, _ in items if n is not None]
+            if len(set(names)) != len(names):
+                raise FederatedTypeError(f"struct field names repeat: {names}")
+            for _, t in items:
+                if isinstance(t, PlacementType):
+                    raise FederatedTypeError("a struct cannot hold a placement type")
+            self = object.__new__(cls)
+            object.__setattr__(self, "elements", key[1])
+            depth = 1 + max((t.depth for _, t in items), default=0)
+            self._finish(key, None, depth)
+            return self
+
+        return _interned(key, build)
+
+    def _measure_text(self) -> int:
+        length = 2 + max(len(self.elements) - 1, 0)
+        for name, t in self.elements:
+            length += t.text_length + (0 if name is None else len(name) + 1)
+        return length
+
+    def _make_text(self, text_of: Callable[[Type], str] = str) -> str:
+        parts = (text_of(t) if n is None else f"{n}={text_of(t)}" for n, t in self.elements)
+        return "<" + ",".join(parts) + ">"
 
     def __len__(self) -> int:
         return len(self.elements)
@@ -226,13 +346,28 @@ class SequenceType(Type):
 
     __slots__ = ("element",)
 
-    def __init__(self, element: Any) -> None:
+    def __new__(cls, element: Any) -> SequenceType:
         element = to_type(element)
-        bad = _first_within(element, (FederatedType, FunctionType, SequenceType, PlacementType))
-        if bad is not None:
-            raise FederatedTypeError(f"a sequence cannot hold a {_kind(bad)} type, found {bad}")
-        object.__setattr__(self, "element", element)
-        self._finish(("sequence", element._key), f"{element}*", element.depth + 1)
+        key = ("sequence", element)
+
+        def build() -> SequenceType:
+            bad = _first_within(element, (FederatedType, FunctionType, SequenceType, PlacementType))
+            if bad is not None:
+                raise FederatedTypeError(
+                    f"a sequence cannot hold a {_kind(bad)} type, found {bad}"
+                )
+            self = object.__new__(cls)
+            object.__setattr__(self, "element", element)
+            self._finish(key, None, element.depth + 1)
+            return self
+
+        return _interned(key, build)
+
+    def _measure_text(self) -> int:
+        return self.element.text_length + 1
+
+    def _make_text(self, text_of: Callable[[Type], str] = str) -> str:
+        return f"{text_of(self.element)}*"
 
     def children(self) -> tuple[Type, ...]:
         return (self.element,)
@@ -243,15 +378,28 @@ class FunctionType(Type):
 
     __slots__ = ("parameter", "result")
 
-    def __init__(self, parameter: Any, result: Any) -> None:
+    def __new__(cls, parameter: Any, result: Any) -> FunctionType:
         parameter = None if parameter is None else to_type(parameter)
         result = to_type(result)
-        object.__setattr__(self, "parameter", parameter)
-        object.__setattr__(self, "result", result)
-        text = f"({'' if parameter is None else parameter} -> {result})"
-        key = ("function", None if parameter is None else parameter._key, result._key)
-        depth = 1 + max(result.depth, 0 if parameter is None else parameter.depth)
-        self._finish(key, text, depth)
+        key = ("function", parameter, result)
+
+        def build() -> FunctionType:
+            self = object.__new__(cls)
+            object.__setattr__(self, "parameter", parameter)
+            object.__setattr__(self, "result", result)
+            depth = 1 + max(result.depth, 0 if parameter is None else parameter.depth)
+            self._finish(key, None, depth)
+            return self
+
+        return _interned(key, build)
+
+    def _measure_text(self) -> int:
+        parameter = 0 if self.parameter is None else self.parameter.text_length
+        return parameter + self.result.text_length + len("( -> )")
+
+    def _make_text(self, text_of: Callable[[Type], str] = str) -> str:
+        parameter = "" if self.parameter is None else text_of(self.parameter)
+        return f"({parameter} -> {text_of(self.result)})"
 
     def children(self) -> tuple[Type, ...]:
         return (self.result,) if self.parameter is None else (self.parameter, self.result)
@@ -262,24 +410,38 @@ class FederatedType(Type):
 
     __slots__ = ("all_equal", "member", "placement")
 
-    def __init__(self, member: Any, placement: Any, all_equal: bool | None = None) -> None:
+    def __new__(cls, member: Any, placement: Any, all_equal: bool | None = None) -> FederatedType:
         member = to_type(member)
         placement = to_placement(placement)
         if all_equal is None:
             all_equal = placement is SERVER
-        if placement is SERVER and not all_equal:
-            raise FederatedTypeError("a value placed at SERVER is always all-equal")
-        bad = _first_within(member, (FederatedType, FunctionType, PlacementType))
-        if bad is not None:
-            raise FederatedTypeError(
-                f"a federated type cannot hold a {_kind(bad)} type, found {bad}"
-            )
-        object.__setattr__(self, "member", member)
-        object.__setattr__(self, "placement", placement)
-        object.__setattr__(self, "all_equal", bool(all_equal))
-        where = placement.name
-        text = f"{member}@{where}" if all_equal else f"{{{member}}}@{where}"
-        self._finish(("federated", member._key, where, bool(all_equal)), text, member.depth + 1)
+        all_equal = bool(all_equal)
+        key = ("federated", member, placement.name, all_equal)
+
+        def build() -> FederatedType:
+            if placement is SERVER and not all_equal:
+                raise FederatedTypeError("a value placed at SERVER is always all-equal")
+            bad = _first_within(member, (FederatedType, FunctionType, PlacementType))
+            if bad is not None:
+                raise FederatedTypeError(
+                    f"a federated type cannot hold a {_kind(bad)} type, found {bad}"
+                )
+            self = object.__new__(cls)
+            object.__setattr__(self, "member", member)
+            object.__setattr__(self, "placement", placement)
+            object.__setattr__(self, "all_equal", all_equal)
+            self._finish(key, None, member.depth + 1)
+            return self
+
+        return _interned(key, build)
+
+    def _measure_text(self) -> int:
+        braces = 0 if self.all_equal else 2
+        return self.member.text_length + braces + 1 + len(self.placement.name)
+
+    def _make_text(self, text_of: Callable[[Type], str] = str) -> str:
+        where, member = self.placement.name, text_of(self.member)
+        return f"{member}@{where}" if self.all_equal else f"{{{member}}}@{where}"
 
     def children(self) -> tuple[Type, ...]:
         return (self.member,)
@@ -290,8 +452,34 @@ class PlacementType(Type):
 
     __slots__ = ()
 
-    def __init__(self) -> None:
-        self._finish(("placement",), "placement", 1)
+    def __new__(cls) -> PlacementType:
+        def build() -> PlacementType:
+            self = object.__new__(cls)
+            self._finish(("placement",), "placement", 1)
+            return self
+
+        return _interned(("placement",), build)
+
+
+_KIND_BITS: dict[type, int] = {
+    TensorType: _TENSOR,
+    StructType: _STRUCT,
+    SequenceType: _SEQUENCE,
+    FunctionType: _FUNCTION,
+    FederatedType: _FEDERATED,
+    PlacementType: _PLACEMENT,
+}
+
+
+def _own_bits(t: Type) -> int:
+    bits = _KIND_BITS[type(t)]
+    if isinstance(t, TensorType):
+        bits |= _DTYPE_KIND_BITS[t.dtype.kind]
+    return bits
+
+
+def _kinds_bits(kinds: tuple[type, ...]) -> int:
+    return sum(_KIND_BITS[k] for k in kinds)
 
 
 TypeLike = Type | str | np.dtype | type | Sequence[Any] | dict
@@ -337,19 +525,43 @@ def _kind(t: Type) -> str:
 
 def _first_within(t: Type, kinds: tuple[type, ...]) -> Type | None:
     """The first type of one of `kinds` in `t`, looking through structs only."""
-    stack = [t]
+    if not t._within_structs & _kinds_bits(kinds):
+        return None
+    return _first_found(t, kinds, through=(StructType,))
+
+
+def first_inside(t: Type, kinds: tuple[type, ...]) -> Type | None:
+    """The first type of one of `kinds` in `t` (`t` included), looking through every type."""
+    if not t._within & _kinds_bits(kinds):
+        return None
+    return _first_found(t, kinds, through=(Type,))
+
+
+def _first_found(t: Type, kinds: tuple[type, ...], through: tuple[type, ...]) -> Type | None:
+    # Depth-first, children in order, each distinct type once: a type shared inside itself
+    # costs its distinct parts, not its unfolded size.
+    stack, seen = [t], set()
     while stack:
         current = stack.pop()
         if isinstance(current, kinds):
             return current
-        if isinstance(current, StructType):
+        if id(current) not in seen and isinstance(current, through):
+            seen.add(id(current))
             stack.extend(reversed(current.children()))
     return None
 
 
+def tensor_leaf_dtype_kinds(t: Type) -> str | None:
+    """The NumPy dtype kinds (`b`, `i`, `u`, `f`) of the tensors of a (nested) struct of tensors,
+    or None if something else than a tensor or a struct is inside; known without a walk."""
+    if t._within_structs & (_SEQUENCE | _FUNCTION | _FEDERATED | _PLACEMENT):
+        return None
+    return "".join(kind for kind, bit in _DTYPE_KIND_BITS.items() if t._within_structs & bit)
+
+
 def is_assignable_from(target: Type, source: Type) -> bool:
     """Whether a value of type `source` may stand where `target` is expected (DESIGN §3)."""
-    if target == source:
+    if target is source or target == source:
         return True
     if isinstance(target, TensorType):
         return (
@@ -358,6 +570,21 @@ def is_assignable_from(target: Type, source: Type) -> bool:
             and target.rank == source.rank
             and all(t is None or t == s for t, s in zip(target.shape, source.shape))
         )
+    # Remembered per (target, source) pair on the target, weakly in the source: a program
+    # checks the same pair at many nodes, and with the answers of the parts remembered too,
+    # a type shared inside itself is compared in time of its distinct parts.
+    remembered = target._assignable
+    if remembered is None:
+        remembered = weakref.WeakKeyDictionary()
+        object.__setattr__(target, "_assignable", remembered)
+    answer = remembered.get(source)
+    if answer is None:
+        answer = _is_assignable_composite(target, source)
+        remembered[source] = answer
+    return answer
+
+
+def _is_assignable_composite(target: Type, source: Type) -> bool:
     if isinstance(target, StructType):
         return (
             isinstance(source, StructType)
@@ -391,6 +618,39 @@ def is_assignable_from(target: Type, source: Type) -> bool:
     return isinstance(target, PlacementType) and isinstance(source, PlacementType)
 
 
+def text_with_names(t: Type, names: Mapping[Type, str]) -> str:
+    """`str(t)`, except that each type inside `t` (not `t` itself) that `names` maps prints as
+    its name: the text of a type whose big parts have been given names (type aliases).
+
+    Each distinct type is printed once, so the cost is the size of the result plus the
+    distinct types that are long enough to hold a named one.
+    """
+    if not names:
+        return str(t)
+    # A type shorter than every named type cannot hold one: its canonical text is the answer.
+    shortest = min(named.text_length for named in names)
+    texts: dict[Type, str] = {}
+
+    def text_of(child: Type) -> str:
+        return texts[child]
+
+    stack: list[tuple[Type, bool]] = [(t, False)]
+    while stack:
+        current, children_done = stack.pop()
+        if current in texts:
+            continue
+        if current is not t and current in names:
+            texts[current] = names[current]
+        elif current.text_length < shortest:
+            texts[current] = str(current)
+        elif children_done:
+            texts[current] = current._make_text(text_of)
+        else:
+            stack.append((current, True))
+            stack.extend((child, False) for child in current.children())
+    return texts[t]
+
+
 def walk_types(t: Type) -> Iterator[Type]:
     """Every type inside `t`, `t` first, depth-first."""
     stack = [t]
@@ -402,7 +662,7 @@ def walk_types(t: Type) -> Iterator[Type]:
 
 def contains_federated(t: Type) -> bool:
     """Whether `t` has a federated type anywhere inside, including in function signatures."""
-    return any(isinstance(x, FederatedType) for x in walk_types(t))
+    return bool(t._within & _FEDERATED)
 
 
 def tensor_leaves(t: Type) -> list[TensorType]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import local_graphs, program_envelopes, programs
 
+import fedcc as fc
 from fedcc.ir import primitives, serialization
+from fedcc.ir import types as types_module
 from fedcc.ir.building_blocks import (
     NODE_CLASSES,
     Block,
@@ -565,20 +568,146 @@ def test_reading_refuses_shared_types_that_expand_exponentially():
     rejects(message, "type text")
 
 
-def test_reading_refuses_nodes_that_copy_a_huge_shared_type_many_times():
-    # A 2**18-leaf type costs 19 entries; each struct node around it would copy its text.
-    message = pb.Program(format_version=FORMAT_VERSION)
-    message.types.add().tensor.dtype = pb.DTYPE_INT32
-    for index in range(1, 19):
+def _doubling_types(message: pb.Program, leaf: pb.TensorType, levels: int) -> int:
+    """Adds `levels` types, each a pair of the previous one, over `leaf`: 2**levels leaves,
+    text of millions of characters, from levels + 1 small entries. Returns the last index."""
+    message.types.add().tensor.CopyFrom(leaf)
+    for _ in range(levels):
         pair = message.types.add().struct
-        pair.elements.add(type=index - 1)
-        pair.elements.add(type=index - 1)
-    message.types.add().struct.elements.add(type=18)
-    message.nodes.add(type=18).reference.name = "x"
-    for _ in range(100):
-        message.nodes.add(type=19).struct.elements.add(value=0)
+        pair.elements.add(type=len(message.types) - 2)
+        pair.elements.add(type=len(message.types) - 2)
+    return len(message.types) - 1
+
+
+HUGE_LEVELS = 18  # 2**18 leaves: about 2 million characters of text, within the allowance
+MANY_NODES = 20_000
+
+
+def test_reading_charges_a_huge_type_once_however_many_nodes_refer_to_it(monkeypatch):
+    # Before types were interned, each node charged the text of the types it touched: these
+    # 20,000 nodes around one 2-million-character type were refused, and a wide program
+    # (every selection carries the whole struct type) was refused the same way.
+    message = pb.Program(format_version=FORMAT_VERSION)
+    huge = _doubling_types(message, pb.TensorType(dtype=pb.DTYPE_INT32), HUGE_LEVELS)
+    message.types.add().struct.elements.add(type=huge)
+    message.nodes.add(type=huge).reference.name = "x"
+    for _ in range(MANY_NODES):
+        message.nodes.add(type=huge + 1).struct.elements.add(value=0)
     message.computations.add(name="main", root=len(message.nodes) - 1)
-    rejects(message, "(struct, used by no computation)", "type text")
+    data = message.SerializeToString()
+
+    charged = []
+    charge = serialization._Reader.charge_text
+    monkeypatch.setattr(
+        serialization._Reader,
+        "charge_text",
+        lambda reader, characters: (charged.append(characters), charge(reader, characters)),
+    )
+
+    def unfold(self, *args):
+        raise AssertionError("reading built the text of a struct type: it unfolded a type")
+
+    monkeypatch.setattr(StructType, "_make_text", unfold)
+    started = time.perf_counter()
+    loaded = deserialize_program(data)
+    assert time.perf_counter() - started < 10  # seconds; was minutes with a charge a node
+    assert loaded.computations["main"].type_signature.text_length > 2_000_000
+    # One charge a type table entry (its text length), none a node.
+    assert len(charged) == len(message.types)
+    assert sum(charged) < 3 * loaded.computations["main"].type_signature.text_length
+
+
+def test_reading_refuses_many_distinct_huge_types():
+    # Each distinct type is charged its unfolded size once: 40 distinct types around a
+    # 2-million-character one spend far more than a 1 kB file's allowance.
+    message = pb.Program(format_version=FORMAT_VERSION)
+    huge = _doubling_types(message, pb.TensorType(dtype=pb.DTYPE_INT32), HUGE_LEVELS)
+    for dim in range(40):
+        struct = message.types.add().struct
+        struct.elements.add(type=huge)
+        struct.elements.add(type=0, name=f"n{dim}")
+    assert message.ByteSize() < 1024
+    rejects(message, "type text")
+
+
+def test_reading_refuses_many_local_graphs_that_unfold_a_huge_type():
+    # A local graph lists its parameter's tensor leaves: each graph unfolds the type, so
+    # each graph is charged its parameter's text. (Leaves of rank 1000 make the text long
+    # and the unfolding quick: 1024 leaves, 2 million characters.)
+    message = pb.Program(format_version=FORMAT_VERSION)
+    leaf = pb.TensorType(dtype=pb.DTYPE_INT32, dims=[1] * 1000)
+    huge = _doubling_types(message, leaf, 10)
+    function = message.types.add().function
+    function.parameter, function.result = huge, 0
+    for _ in range(100):
+        graph = message.nodes.add(type=huge + 1).local_graph
+        graph.parameter_type, graph.result_type = huge, 0
+        graph.outputs.append(0)
+    message.computations.add(name="main", root=0)
+    rejects(message, "type text", "(local_graph")
+
+
+def test_reading_compares_two_different_huge_types_once(monkeypatch):
+    # A call of a function on float32[?] leaves with an argument of float32[3] leaves checks
+    # assignability, which walks both types: remembered, it walks them once, not per call.
+    message = pb.Program(format_version=FORMAT_VERSION)
+    unknown = _doubling_types(message, pb.TensorType(dtype=pb.DTYPE_FLOAT32, dims=[-1]), 17)
+    known = _doubling_types(message, pb.TensorType(dtype=pb.DTYPE_FLOAT32, dims=[3]), 17)
+    function = message.types.add().function
+    function.parameter, function.result = unknown, unknown
+    message.nodes.add(type=unknown).reference.name = "x"
+    message.nodes.add(type=known).reference.name = "y"
+    identity = getattr(message.nodes.add(type=len(message.types) - 1), "lambda")
+    identity.parameter_name, identity.parameter_type, identity.result = "x", unknown, 0
+    for _ in range(MANY_NODES):
+        call = message.nodes.add(type=unknown).call
+        call.function, call.argument = 2, 1
+    message.computations.add(name="main", root=len(message.nodes) - 1)
+
+    walked = []
+    composite = types_module._is_assignable_composite
+    monkeypatch.setattr(
+        types_module,
+        "_is_assignable_composite",
+        lambda target, source: (walked.append(target), composite(target, source))[1],
+    )
+    started = time.perf_counter()
+    loaded = deserialize_program(message.SerializeToString())
+    assert time.perf_counter() - started < 10
+    assert isinstance(loaded.computations["main"], Call)
+    assert len(walked) <= 17  # one a level of the pair types, not one a leaf or a call
+
+
+def _wide_computation(fields: int) -> fc.Computation:
+    # A model of `fields` parameter tensors: every selection carries the whole struct type.
+    @fc.numpy_computation("float32[4]")
+    def step(x):
+        return x * 2.0 + 1.0
+
+    member = "<" + ",".join(f"f{i}=float32[4]" for i in range(fields)) + ">"
+
+    @fc.federated_computation("{" + member + "}@CLIENTS")
+    def wide(values):
+        return {f"r{i}": fc.federated_sum(fc.federated_map(step, values[f"f{i}"]))
+                for i in range(fields)}  # fmt: skip
+
+    return wide
+
+
+def test_a_wide_program_of_a_thousand_fields_round_trips_in_linear_size():
+    fields = 1000
+    wide = _wide_computation(fields)
+    data = fc.serialize(wide)
+    loaded = fc.deserialize(data)
+    assert loaded == wide.building_block
+    assert fc.serialize(loaded) == data
+    text = fc.to_text(wide)
+    assert fc.parse_text(text) == wide.building_block
+    # Both forms grow with the fields, not with fields x selections (the struct type's
+    # text is 16 characters a field and each of the 1000 selections would repeat it).
+    assert len(data) < 1000 * fields
+    assert len(text) < 1000 * fields
+    assert text.count("f999=float32[4]") == 1
 
 
 def test_reading_refuses_shared_subtrees_that_unfold_exponentially():

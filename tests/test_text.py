@@ -907,3 +907,59 @@ def test_golden_text(name: str):
 
 def test_every_golden_file_has_a_program():
     assert sorted(p.stem for p in GOLDEN_DIR.glob("*.txt")) == sorted(GOLDEN_PROGRAMS)
+
+
+# --- type aliases -------------------------------------------------------------------------
+
+WIDE = to_type({f"field{i}": TensorType(np.float32, (10,)) for i in range(12)})
+
+
+def _selections(struct_type, count: int) -> Struct:
+    return Struct(
+        [Lambda(f"s{i}", struct_type, Selection(Reference(f"s{i}", struct_type), i))
+         for i in range(count)]
+    )  # fmt: skip
+
+
+def test_a_long_type_printed_twice_prints_once_by_alias():
+    block = _selections(WIDE, 3)
+    text = to_text(block)
+    assert text.startswith(f"!t0 = {WIDE};\n<(s0:!t0 -> s0[0]),")
+    assert text.count(str(WIDE)) == 1
+    assert parse_text(text) == block
+    assert parse_text(to_compact_text(block)) == block
+
+
+def test_short_types_and_types_printed_once_print_in_full():
+    assert "!" not in to_text(_selections(WIDE, 1))
+    short = to_type({"a": np.float32, "b": np.int32})
+    assert "!" not in to_text(_selections(short, 2))
+
+
+def test_a_program_defines_its_aliases_once_for_all_its_computations():
+    program = Program({"a": _selections(WIDE, 2), "b": _selections(WIDE, 1)})
+    text = to_text(program)
+    assert text.count(str(WIDE)) == 1
+    assert text.index("!t0 = ") < text.index("computation a")
+    assert parse_text(text) == program
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("(x:!t0 -> x)", "type alias !t0 is not defined before this use"),
+        ("!t0 = int32; !t0 = int32; (x:!t0 -> x)", "type alias !t0 is defined twice"),
+        ("(x:!t1 -> x)", "line 1, column 4"),
+    ],
+)
+def test_alias_errors_name_the_alias_and_where_it_is(text, fragment):
+    with pytest.raises(TextSyntaxError, match=re.escape(fragment)):
+        parse_text(text)
+
+
+def test_aliases_are_defined_only_in_program_text():
+    from fedcc.ir.errors import FedccError
+    from fedcc.ir.type_text import parse_type
+
+    with pytest.raises(FedccError, match="aliases are defined in program text only"):
+        parse_type("!t0")

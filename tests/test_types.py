@@ -123,6 +123,25 @@ def test_equality_is_structural_and_consistent_with_hash_and_text(a, b):
     assert a != str(a)  # a type never equals its text
 
 
+@given(types(), types())
+def test_equal_types_are_one_instance_whose_text_length_is_known(a, b):
+    # Interned: comparing or hashing a type never walks it, and a type built twice is one.
+    assert (a == b) == (a is b)
+    assert parse_type(str(a)) is a
+    assert a.text_length == len(str(a))
+
+
+def test_a_type_shared_inside_itself_is_compared_and_checked_without_unfolding():
+    # 2**150 leaves: any walk of the unfolded type would never end.
+    t = I32
+    for _ in range(150):
+        t = StructType([t, t])
+    assert t.text_length > 2**150
+    assert StructType([StructType([I32, I32])] * 2) is StructType([StructType([I32, I32])] * 2)
+    assert FederatedType(t, CLIENTS).member is t
+    assert is_assignable_from(t, t)
+
+
 @given(types())
 def test_types_pickle_to_equal_types(t):
     assert pickle.loads(pickle.dumps(t)) == t

@@ -438,9 +438,10 @@ def _struct_of(value: Value, what: str) -> StructType:
 
 def _index_of(struct: StructType, key: int | str) -> int:
     if isinstance(key, str):
-        if key not in struct.names():
-            raise FieldError(f"{struct} has no field named {key!r}")
-        return struct.index_of(key)
+        try:
+            return struct.index_of(key)
+        except FederatedTypeError:
+            raise FieldError(f"{struct} has no field named {key!r}") from None
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         index = int(key)
         if -len(struct) <= index < len(struct):

@@ -277,7 +277,9 @@ class TensorType(Type):
 class StructType(Type):
     """An ordered struct of (name or None, type) elements."""
 
-    __slots__ = ("elements",)
+    # The names and a name -> position table are made on first use: a struct of k fields
+    # selected field by field would otherwise cost k per selection.
+    __slots__ = ("_name_positions", "_names", "elements")
 
     def __new__(cls, elements: Iterable[Any]) -> StructType:
         items: list[tuple[str | None, Type]] = []
@@ -303,6 +305,8 @@ class StructType(Type):
                     raise FederatedTypeError("a struct cannot hold a placement type")
             self = object.__new__(cls)
             object.__setattr__(self, "elements", key[1])
+            object.__setattr__(self, "_names", None)
+            object.__setattr__(self, "_name_positions", None)
             depth = 1 + max((t.depth for _, t in items), default=0)
             self._finish(key, None, depth)
             return self
@@ -329,13 +333,21 @@ class StructType(Type):
         return self.elements[index][1]
 
     def names(self) -> tuple[str | None, ...]:
-        return tuple(n for n, _ in self.elements)
+        names = getattr(self, "_names", None)  # unset in a struct built around __new__
+        if names is None:
+            names = tuple(n for n, _ in self.elements)
+            object.__setattr__(self, "_names", names)
+        return names
 
     def index_of(self, name: str) -> int:
-        for i, (n, _) in enumerate(self.elements):
-            if n == name:
-                return i
-        raise FederatedTypeError(f"struct {self} has no field named {name!r}")
+        positions = getattr(self, "_name_positions", None)
+        if positions is None:
+            positions = {n: i for i, (n, _) in enumerate(self.elements) if n is not None}
+            object.__setattr__(self, "_name_positions", positions)
+        position = positions.get(name)
+        if position is None:
+            raise FederatedTypeError(f"struct {self} has no field named {name!r}")
+        return position
 
     def children(self) -> tuple[Type, ...]:
         return tuple(t for _, t in self.elements)

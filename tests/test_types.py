@@ -389,3 +389,12 @@ def test_truncated_text_points_past_its_end(text):
     with pytest.raises(TypeSyntaxError, match="ends too early") as raised:
         parse_type(text)
     assert f"column {len(text) + 1}" in str(raised.value)
+
+
+def test_struct_names_and_positions_are_looked_up_not_searched():
+    fields = [(f"f{i}", TensorType(np.float32)) for i in range(3000)]
+    t = StructType([*fields, TensorType(np.int32)])
+    assert t.names() is t.names() and t.names()[-1] is None and t.names()[2999] == "f2999"
+    assert [t.index_of(f"f{i}") for i in (0, 1500, 2999)] == [0, 1500, 2999]
+    with pytest.raises(FederatedTypeError, match="has no field named 'f3000'"):
+        t.index_of("f3000")

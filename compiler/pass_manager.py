@@ -54,6 +54,7 @@ LEVEL_1_PASSES: tuple[str, ...] = (
 # benchmarks/backends.py), and over zero clients it returns a value where the runtime
 # raises. It is available by name, e.g. for MapReduceForm.
 FEDERATED_PASSES: tuple[str, ...] = (
+    "simplify-federated-projections",
     "merge-chained-maps",
     "merge-parallel-maps",
     "dedupe-broadcasts",

@@ -764,6 +764,9 @@ class ProgramBuilder:
             producers.append(lambda: Placement(self.chooser.choice((CLIENTS, SERVER))))
         if struct_of_leaves(t):
             producers.append(lambda: self._local_graph_call(t, scope, inner))
+        if isinstance(t, FederatedType):
+            producers.append(lambda: self._placed_projection(t, scope, inner))
+            producers.append(lambda: self._zip_of_projections(t, scope, inner))
         producers.extend(
             lambda uri=uri, recipe=recipe: self._intrinsic_call(uri, recipe, t, scope, inner)
             for uri, recipe in INTRINSIC_RECIPES.items()
@@ -966,6 +969,41 @@ class ProgramBuilder:
         body = self.expression(t, {**scope, name: parameter}, depth)
         argument = self.expression(narrower(self.chooser, parameter), scope, depth)
         return Call(Lambda(name, parameter, body), argument)
+
+    def _placed_projection(self, t: FederatedType, scope: Scope, depth: int) -> BuildingBlock:
+        """`map(<(x -> x[i]), v>)` (apply at SERVER) of a placed struct `v` holding `t`'s
+        member at i: what tracing `state["model"]` gives, often of a zip."""
+        others = [draw_tensor_type(self.chooser) for _ in range(self.chooser.integer(0, 2))]
+        index = self.chooser.integer(0, len(others))
+        member = StructType([*others[:index], t.member, *others[index:]])
+        value = self.expression(FederatedType(member, t.placement, t.all_equal), scope, depth)
+        return self._project(value, index)
+
+    def _project(self, value: BuildingBlock, index: int) -> BuildingBlock:
+        member = value.type_signature.member
+        name = self.chooser.choice(VARIABLE_NAMES)
+        function = Lambda(name, member, Selection(Reference(name, member), index))
+        uri = "federated_apply" if value.type_signature.placement is SERVER else "federated_map"
+        return call_intrinsic(uri, Struct([function, value]))
+
+    def _zip_of_projections(
+        self, t: FederatedType, scope: Scope, depth: int
+    ) -> BuildingBlock | None:
+        """`let v=... in federated_zip(<n_0=v[0], n_1=v[1], ...>)` (each `v[i]` a projection):
+        a placed struct taken apart and built again, sometimes under other names."""
+        if not isinstance(t.member, StructType) or not len(t.member):
+            return None
+        source_member = t.member
+        if self.chooser.boolean():  # the same fields under no names: not `v` itself
+            source_member = StructType(list(t.member))
+        source_type = FederatedType(source_member, t.placement, t.all_equal)
+        name = self.chooser.choice(VARIABLE_NAMES)
+        value = self.expression(source_type, scope, depth)
+        reference = Reference(name, source_type)
+        parts = [
+            (field, self._project(reference, i)) for i, (field, _) in enumerate(t.member.elements)
+        ]
+        return Block([(name, value)], call_intrinsic("federated_zip", Struct(parts)))
 
     def _selection_from_struct(self, t: Type, scope: Scope, depth: int) -> BuildingBlock | None:
         if isinstance(t, PlacementType):

@@ -17,7 +17,8 @@ In the manner of xDSL's pattern rewriter:
   and outside lambdas), cached by node identity: nodes are immutable, so a
   result stays true for as long as the node lives.
 - `NameSupply` hands out names that no binder or reference of the program
-  uses; `substitute` replaces free references without capturing names.
+  uses, and takes back those of a rewrite abandoned (`rollback`);
+  `substitute` replaces free references without capturing names.
 - Every change is recorded in a `RewriteLog` (for `--stats` and debugging).
 
 A pass that needs a whole-program view (CSE, call-dominant form) walks with
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from operator import is_
 from typing import Any, ClassVar
 
 from fedcc.ir.building_blocks import (
@@ -91,10 +93,17 @@ _REBUILDERS: dict[type, Callable[[Any, Sequence[BuildingBlock]], BuildingBlock]]
 
 def with_children(node: BuildingBlock, children: Sequence[BuildingBlock]) -> BuildingBlock:
     """`node` with its children replaced by `children` (the same object if none changed)."""
-    old = node.children()
-    if len(old) == len(children) and all(a is b for a, b in zip(old, children)):
+    return _with_new_children(node, node.children(), children)
+
+
+def _with_new_children(
+    node: BuildingBlock, old: Sequence[BuildingBlock], new: Sequence[BuildingBlock]
+) -> BuildingBlock:
+    """`with_children` for a caller that holds `node`'s children `old` already (walkers do):
+    they are not made again, and compared by identity in C (`map(is_, ...)`)."""
+    if len(old) == len(new) and all(map(is_, old, new)):
         return node
-    return _REBUILDERS[type(node)](node, children)
+    return _REBUILDERS[type(node)](node, new)
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +265,9 @@ class NameSupply:
         self._roots: tuple[BuildingBlock, ...] | None = roots
         self._names: set[str] = set()
         self._next: Counter = Counter()
+        # Every name handed out or reserved, with its stem's count before, so that `rollback`
+        # can forget the names of a rewrite that was abandoned.
+        self._journal: list[tuple[str | None, int, str]] = []
 
     @property
     def _used(self) -> set[str]:
@@ -267,7 +279,9 @@ class NameSupply:
 
     def reserve(self, name: str) -> None:
         """Marks `name` as taken."""
-        self._used.add(name)
+        if name not in self._used:
+            self._names.add(name)
+            self._journal.append((None, 0, name))
 
     def is_used(self, name: str) -> bool:
         return name in self._used
@@ -278,12 +292,29 @@ class NameSupply:
         stem = match.group(1) if match and match.group(1) else base
         if not is_valid_variable_name(stem):
             stem = "v"
+        before = self._next[stem]
         while True:
             self._next[stem] += 1
             name = f"{stem}_{self._next[stem]}"
             if name not in self._used:
-                self._used.add(name)
+                self._names.add(name)
+                self._journal.append((stem, before, name))
                 return name
+
+    def checkpoint(self) -> int:
+        """A mark to `rollback` to."""
+        return len(self._journal)
+
+    def rollback(self, checkpoint: int) -> None:
+        """Forgets the names handed out and reserved since `checkpoint`, as if they never
+        were: the next names are those they would have been. For a rewrite that took names
+        and then found nothing to change (the names must appear nowhere)."""
+        journal = self._journal
+        while len(journal) > checkpoint:
+            stem, count_before, name = journal.pop()
+            if stem is not None:
+                self._next[stem] = count_before
+            self._names.discard(name)
 
 
 # ---------------------------------------------------------------------------
@@ -527,7 +558,7 @@ class RewritePattern:
 
     node_types: ClassVar[tuple[type[BuildingBlock], ...]] = (BuildingBlock,)
     # Whether the pattern decides from the node alone (and analyses of it), never from the
-    # scope (`context.lookup`), and takes no fresh name unless it rewrites: then a subtree
+    # scope (`context.lookup`), and keeps no fresh name unless it rewrites: then a subtree
     # where it found nothing to rewrite stays so wherever it is, and walks may skip it.
     context_free: ClassVar[bool] = False
 
@@ -588,8 +619,12 @@ class _Walker:
 
     def rewrite_here(self, node: BuildingBlock) -> BuildingBlock:
         """Applies the patterns to `node` until none applies."""
+        by_type = self._by_type
         for _ in range(MAX_REWRITES_PER_NODE):
-            for pattern in self.patterns_for(type(node)):
+            patterns = by_type.get(type(node))
+            if patterns is None:
+                patterns = self.patterns_for(type(node))
+            for pattern in patterns:
                 replacement = pattern.match_and_rewrite(node, self.context)
                 if replacement is None or replacement is node:
                     continue
@@ -608,30 +643,38 @@ class _Walker:
             f"the patterns keep rewriting a {node.kind} after {MAX_REWRITES_PER_NODE} rewrites"
         )
 
+    def _rewrite_if_matched(self, node: BuildingBlock) -> BuildingBlock:
+        # Most nodes are of a kind no pattern looks at: settle them without a call.
+        patterns = self._by_type.get(type(node))
+        if patterns is None:
+            patterns = self.patterns_for(type(node))
+        return self.rewrite_here(node) if patterns else node
+
     def sweep_settled(
         self, root: BuildingBlock, settled: dict[int, BuildingBlock]
     ) -> BuildingBlock:
         """`sweep` for context-free patterns: skips settled subtrees, keeps no scope."""
         results: list[BuildingBlock] = []
-        stack: list[tuple] = [(_VISIT, root)]
+        # (node, None) visits a node; (node, its children) rebuilds and rewrites it once its
+        # children are done.
+        stack: list[tuple[BuildingBlock, tuple[BuildingBlock, ...] | None]] = [(root, None)]
         while stack:
-            task = stack.pop()
-            if task[0] == _VISIT:
-                node = task[1]
-                if settled.get(id(node)) is node:
-                    results.append(node)
+            original, children = stack.pop()
+            if children is None:
+                if settled.get(id(original)) is original:
+                    results.append(original)
                     continue
-                children = node.children()
-                stack.append((_EXIT, node, len(children)))
-                stack.extend((_VISIT, c) for c in reversed(children))
-                continue
-            original, count = task[1], task[2]
-            node = original
-            if count:
-                children = results[-count:]
+                children = original.children()
+                if children:
+                    stack.append((original, children))
+                    stack.extend([(child, None) for child in reversed(children)])
+                    continue
+                node = original
+            else:
+                count = len(children)
+                node = _with_new_children(original, children, results[-count:])
                 del results[-count:]
-                node = with_children(node, children)
-            rewritten = self.rewrite_here(node)
+            rewritten = self._rewrite_if_matched(node)
             if rewritten is original:
                 # Nothing applied here nor below (a change below makes a new node).
                 settled[id(original)] = original
@@ -650,14 +693,23 @@ class _Walker:
             task = stack.pop()
             kind = task[0]
             if kind == _VISIT:
-                self._push(stack, task[1])
+                node = task[1]
+                if isinstance(node, (Lambda, Block)):
+                    self._push_binder(stack, node)
+                    continue
+                children = node.children()
+                if children:
+                    stack.append((_EXIT, node, children))
+                    stack.extend([(_VISIT, c) for c in reversed(children)])
+                else:
+                    # A leaf: nothing to walk below, no scope to change.
+                    results.append(self._rewrite_if_matched(node))
             elif kind == _EXIT:
-                node, count = task[1], task[2]
-                if count:
-                    children = results[-count:]
-                    del results[-count:]
-                    node = with_children(node, children)
-                results.append(self.rewrite_here(node))
+                node, children = task[1], task[2]
+                count = len(children)
+                node = _with_new_children(node, children, results[-count:])
+                del results[-count:]
+                results.append(self._rewrite_if_matched(node))
             elif kind == _BIND_LOCAL:
                 # The local's value was just rewritten: later locals see the new one.
                 context.bind(task[1], results[-1].type_signature, results[-1])
@@ -674,9 +726,9 @@ class _Walker:
         return result
 
     @staticmethod
-    def _push(stack: list[tuple], node: BuildingBlock) -> None:
+    def _push_binder(stack: list[tuple], node: Lambda | Block) -> None:
         if isinstance(node, Lambda):
-            stack.append((_EXIT, node, 1))
+            stack.append((_EXIT, node, (node.result,)))
             if node.parameter_name is None:
                 stack.append((_LEAVE_LAMBDA,))
                 stack.append((_VISIT, node.result))
@@ -686,17 +738,13 @@ class _Walker:
                 stack.append((_UNBIND, node.parameter_name))
                 stack.append((_VISIT, node.result))
                 stack.append((_BIND_PARAMETER, node.parameter_name, node.parameter_type))
-        elif isinstance(node, Block):
-            stack.append((_EXIT, node, len(node.locals) + 1))
+        else:
+            stack.append((_EXIT, node, node.children()))
             stack.extend((_UNBIND, name) for name, _ in node.locals)
             stack.append((_VISIT, node.result))
             for name, value in reversed(node.locals):
                 stack.append((_BIND_LOCAL, name))
                 stack.append((_VISIT, value))
-        else:
-            children = node.children()
-            stack.append((_EXIT, node, len(children)))
-            stack.extend((_VISIT, c) for c in reversed(children))
 
 
 def apply_patterns(

@@ -18,7 +18,9 @@ from fedcc.compiler.pass_manager import (
     run_passes,
 )
 from fedcc.compiler.passes import PASSES, FunctionPass, UnknownPassError, parse_pipeline
+from fedcc.compiler.passes._block_dataflow import RegionPattern
 from fedcc.compiler.passes.dce import RemoveDeadLocals
+from fedcc.compiler.passes.federated_maps import ZipOfMaps
 from fedcc.compiler.passes.inline_trivial import InlineLocals
 from fedcc.compiler.verify import verify
 from fedcc.ir.building_blocks import Block, Lambda, Literal, Reference, Struct, call_intrinsic
@@ -226,7 +228,7 @@ def test_a_round_skips_a_pass_on_the_program_it_left_unchanged_with_the_same_res
             comp := self.run(comp, name) for name in names
         ][-1] if names else comp,
     )  # fmt: skip
-    for pattern_class in (InlineLocals, RemoveDeadLocals):
+    for pattern_class in (InlineLocals, RemoveDeadLocals, RegionPattern, ZipOfMaps):
         monkeypatch.setattr(pattern_class, "context_free", False)
     assert optimize(comp, 2) == result
     assert optimize(ROUND, 2) == optimize_with_report(ROUND, 2)[0]

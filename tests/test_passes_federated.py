@@ -17,7 +17,8 @@ from test_passes_local import awkward_floats, signalling_nan
 import fedcc as fc
 from fedcc.compiler.pass_manager import level_passes
 from fedcc.compiler.passes import get_pass
-from fedcc.compiler.passes.federated_maps import is_structural
+from fedcc.compiler.passes._block_dataflow import RegionPattern
+from fedcc.compiler.passes.federated_maps import ZipOfMaps, is_structural
 from fedcc.compiler.verify import verify
 from fedcc.ir import primitives
 from fedcc.ir.analysis import count_intrinsic_calls
@@ -519,6 +520,34 @@ def test_merge_parallel_maps_merges_independent_and_dependent_maps_of_one_trip()
     result = check_rewrite("merge-parallel-maps", comp, [values])
     assert client_work_maps(comp) == 3 and client_work_maps(result) == 1
 
+
+def test_a_region_left_as_it_was_takes_no_names_and_later_runs_skip_it(monkeypatch):
+    # The lone map inside `lone` is bound to a name while its region is read, and then
+    # nothing merges there: that name is given back, so the merge of the two maps after it
+    # names its values as if `lone` were not there, and a walk may skip `lone` once settled.
+    t = StructType([placed("float32"), placed("float32")])
+    x, y = Reference("x", t), Reference("y", placed("float32"))
+    lone = Lambda("y", y.type_signature, federated(
+        "federated_sum", federated("federated_map", add_one_graph(), y)))
+    comp = Lambda("x", t, Struct([lone] + [
+        federated("federated_sum", federated("federated_map", add_one_graph(), Selection(x, i)))
+        for i in range(2)
+    ]))
+    result = get_pass("merge-parallel-maps").apply(comp)
+    assert any(node is lone for node in walk(result))
+    assert client_work_maps(comp) == 3 and client_work_maps(result) == 2  # lone's stays
+    names = {node.name for node in walk(result) if isinstance(node, Reference)}
+    assert {"client_value_1", "client_value_2"} <= names
+    # Walking every region again (nothing settled, scope kept) gives the same programs.
+    optimized = [fc.optimize(comp, 2)] + [get_pass(name).apply(comp) for name in REGION_PASSES]
+    monkeypatch.setattr(RegionPattern, "context_free", False)
+    monkeypatch.setattr(ZipOfMaps, "context_free", False)
+    assert optimized == [fc.optimize(comp, 2)] + [
+        get_pass(name).apply(comp) for name in REGION_PASSES
+    ]
+
+
+REGION_PASSES = ("merge-parallel-maps", "dedupe-broadcasts", "merge-aggregations")
 
 def test_dedupe_broadcasts_sends_equal_and_zipped_broadcasts_once():
     s = StructType([FederatedType(fc.parse_type("float32"), SERVER),

@@ -187,6 +187,20 @@ def test_fresh_names_avoid_every_name_of_the_program():
     assert names.fresh("in") == "v_4"  # a reserved word is no stem
 
 
+def test_names_given_back_by_a_rollback_are_handed_out_again():
+    # A rewrite that takes names and then changes nothing gives them back: what it looked
+    # at leaves no trace on the names of the rewrites after it.
+    names = NameSupply(parse_text("(x_2:int32 -> x_2)"))
+    assert names.fresh("x") == "x_1"
+    checkpoint = names.checkpoint()
+    assert (names.fresh("x"), names.fresh("x"), names.fresh("y")) == ("x_3", "x_4", "y_1")
+    names.reserve("z")
+    names.rollback(checkpoint)
+    assert not any(names.is_used(name) for name in ("x_3", "x_4", "y_1", "z"))
+    assert names.is_used("x_1") and names.is_used("x_2")
+    assert (names.fresh("x"), names.fresh("y")) == ("x_3", "y_1")
+
+
 def test_substitute_replaces_free_references_only():
     analyses, names = Analyses(), NameSupply()
     comp = parse_text("<(a:int32), (a:int32 -> a), (let a=int32(1) in a), (let b=(a:int32) in b)>")

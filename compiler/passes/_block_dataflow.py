@@ -233,25 +233,52 @@ RegionRewrite = Callable[[BuildingBlock, RewriteContext], BuildingBlock | None]
 
 
 class RegionPattern(RewritePattern):
-    """Applies `rewrite` to every block, and to each lambda body that is not a block."""
+    """Applies `rewrite` to every block, and to each lambda body that is not a block.
+
+    A rewrite may take fresh names while it looks (binding calls to read a block's dataflow)
+    and then find nothing to change; those names are given back, so a region left as it was
+    leaves no trace. A rewrite reads only the region (and analyses of it), never the scope:
+    the pattern is context-free, and walks skip the subtrees it settled before.
+    """
 
     node_types = (Block, Lambda)
+    context_free = True
 
     def __init__(self, pass_name: str, rewrite: RegionRewrite) -> None:
         self._name = pass_name
         self.rewrite = rewrite
+
+    # Equal patterns (one pass, one rewrite) share the subtrees settled by earlier runs.
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RegionPattern)
+            and self._name == other._name
+            and self.rewrite == other.rewrite
+        )
+
+    def __hash__(self) -> int:
+        return hash((RegionPattern, self._name, self.rewrite))
 
     @property
     def name(self) -> str:
         return self._name
 
     def match_and_rewrite(self, node: BuildingBlock, context: RewriteContext):
-        if isinstance(node, Block):
-            return self.rewrite(node, context)
-        if node.parameter_name is None or isinstance(node.result, Block):
+        if isinstance(node, Lambda) and (
+            node.parameter_name is None or isinstance(node.result, Block)
+        ):
             return None  # a block body is rewritten as a block
-        body = self.rewrite(node.result, context)
-        return None if body is None else Lambda(node.parameter_name, node.parameter_type, body)
+        checkpoint = context.names.checkpoint()
+        if isinstance(node, Block):
+            rewritten = self.rewrite(node, context)
+        else:
+            body = self.rewrite(node.result, context)
+            rewritten = (
+                None if body is None else Lambda(node.parameter_name, node.parameter_type, body)
+            )
+        if rewritten is None:
+            context.names.rollback(checkpoint)
+        return rewritten
 
 
 def rewrite_regions(comp: BuildingBlock, pass_name: str, rewrite: RegionRewrite) -> BuildingBlock:

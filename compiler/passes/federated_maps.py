@@ -456,6 +456,8 @@ class ZipOfMaps(RewritePattern):
     g(p[0])>), federated_zip(<x, y>)>)`: maps (of client values) inside a zip run as one."""
 
     node_types = (Call,)
+    # It reads the zip alone, never the scope, and takes a name only to rewrite.
+    context_free = True
 
     def match_and_rewrite(self, node: Call, context: RewriteContext) -> BuildingBlock | None:
         parts = intrinsic_call_parts(node, ("federated_zip",))

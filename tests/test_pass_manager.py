@@ -232,3 +232,27 @@ def test_a_round_skips_a_pass_on_the_program_it_left_unchanged_with_the_same_res
         monkeypatch.setattr(pattern_class, "context_free", False)
     assert optimize(comp, 2) == result
     assert optimize(ROUND, 2) == optimize_with_report(ROUND, 2)[0]
+
+
+def test_the_cycle_collector_is_paused_while_passes_run_and_restored_after(monkeypatch):
+    import gc
+
+    seen = []
+    original = pass_manager._Pipeline.run_once
+
+    def spy(self, comp, names, **options):
+        seen.append(gc.isenabled())
+        return original(self, comp, names, **options)
+
+    monkeypatch.setattr(pass_manager._Pipeline, "run_once", spy)
+    comp = fc.parse_text("(x:{float32}@CLIENTS -> federated_sum(x))").building_block
+    try:
+        assert gc.isenabled()
+        optimize(comp, 2)
+        assert gc.isenabled()
+        gc.disable()
+        optimize(comp, 1)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
+    assert seen and not any(seen)

@@ -11,7 +11,6 @@ behind, and no test leaves a zombie.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ import time
 
 import numpy as np
 import pytest
+from backend_checks import WorkerLedger, fingerprint
 
 import fedcc as fc
 from fedcc.ir.building_blocks import (
@@ -46,35 +46,15 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 # Every fault must be reported within this many seconds (generous: CI machines are slow).
 BOUND_SECONDS = 20.0
-STARTED_PIDS: set[int] = set()
+WORKERS = WorkerLedger()
+remember = WORKERS.remember
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_processes_left_behind():
     """After the module: every worker started here is gone and reaped, and no zombie is left."""
     yield
-    deadline = time.monotonic() + BOUND_SECONDS
-    for pid in STARTED_PIDS:
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            assert time.monotonic() < deadline, f"worker pid {pid} is still there"
-            time.sleep(0.05)
-        with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reaped already: not a zombie child of ours
-    assert multiprocessing.active_children() == []
-    try:
-        reaped = os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        reaped = (0, 0)
-    assert reaped == (0, 0), f"a zombie child process {reaped[0]} was left"
-
-
-def remember(backend: ProcessesBackend) -> ProcessesBackend:
-    STARTED_PIDS.update(pid for pid in backend.worker_pids() if pid is not None)
-    return backend
+    WORKERS.assert_all_gone(BOUND_SECONDS)
 
 
 def lam(name, t, body_of):
@@ -328,7 +308,6 @@ def fedavg():
 
 
 def same_bits(a, b) -> bool:
-    from test_backends_threads_processes import fingerprint
 
     return fingerprint(a) == fingerprint(b)
 

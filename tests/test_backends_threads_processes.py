@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_checks import fingerprint, outcome
 
 import fedcc as fc
 from fedcc.ir.building_blocks import (
@@ -29,7 +30,7 @@ from fedcc.ir.building_blocks import (
     call_intrinsic,
     walk,
 )
-from fedcc.ir.errors import BackendError, FedccError, FederatedTypeError
+from fedcc.ir.errors import BackendError, FederatedTypeError
 from fedcc.ir.graph_builder import GraphBuilder
 from fedcc.ir.type_text import parse_type
 from fedcc.ir.types import SERVER, FederatedType, SequenceType, StructType, TensorType
@@ -51,26 +52,6 @@ def backends():
     yield made
     for backend in made.values():
         backend.close()
-
-
-def fingerprint(value):
-    """The value's structure, dtypes, shapes and bytes: equal exactly when bit-identical."""
-    if isinstance(value, np.ndarray | np.generic):
-        array = np.asarray(value)
-        return ("tensor", type(value).__name__, array.dtype.str, array.shape, array.tobytes())
-    if isinstance(value, dict):
-        return ("dict", tuple((key, fingerprint(v)) for key, v in value.items()))
-    if isinstance(value, tuple | list):
-        return (type(value).__name__, tuple(fingerprint(v) for v in value))
-    return ("python", repr(value))
-
-
-def outcome(comp, *args, **options):
-    """The result's fingerprint, or the error's class and message."""
-    try:
-        return ("value", fingerprint(run(comp, *args, **options)))
-    except FedccError as error:
-        return ("error", type(error), str(error))
 
 
 def assert_same_on_every_backend(backends, comp, *args, **options):

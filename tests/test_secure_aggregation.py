@@ -26,10 +26,11 @@ import time
 
 import numpy as np
 import pytest
+from backend_checks import WorkerLedger, fingerprint, outcome
 
 import fedcc as fc
 from fedcc.ir.building_blocks import Lambda, Literal, Reference, Struct, call_intrinsic
-from fedcc.ir.errors import BackendError, FedccError
+from fedcc.ir.errors import BackendError
 from fedcc.ir.type_text import parse_type
 from fedcc.learning import aggregators, models, optimizers
 from fedcc.runtimes import get_backend, run, secure_aggregation, wire
@@ -63,7 +64,8 @@ DTYPE_BOUNDS = {
 SHAPES = {"int8": (3,), "int16": (), "int32": (2, 2), "int64": (5,), "uint8": (), "uint16": (2,),
           "uint32": (), "uint64": (3,)}
 BOUND_SECONDS = 20.0
-STARTED_PIDS: set[int] = set()
+WORKERS = WorkerLedger()
+remember = WORKERS.remember
 
 
 @pytest.fixture(scope="module")
@@ -72,46 +74,14 @@ def backends():
     made = {workers: get_backend("processes", workers=workers) for workers in WORKER_COUNTS}
     yield made
     for backend in made.values():
-        STARTED_PIDS.update(pid for pid in backend.worker_pids() if pid is not None)
+        remember(backend)
         backend.close()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_processes_left_behind():
     yield
-    deadline = time.monotonic() + BOUND_SECONDS
-    for pid in STARTED_PIDS:
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            assert time.monotonic() < deadline, f"worker pid {pid} is still there"
-            time.sleep(0.05)
-
-
-def remember(backend: ProcessesBackend) -> ProcessesBackend:
-    STARTED_PIDS.update(pid for pid in backend.worker_pids() if pid is not None)
-    return backend
-
-
-def fingerprint(value):
-    """The value's structure, dtypes, shapes and bytes: equal exactly when bit-identical."""
-    if isinstance(value, np.ndarray | np.generic):
-        array = np.asarray(value)
-        return ("tensor", type(value).__name__, array.dtype.str, array.shape, array.tobytes())
-    if isinstance(value, dict):
-        return ("dict", tuple((key, fingerprint(v)) for key, v in value.items()))
-    if isinstance(value, tuple | list):
-        return (type(value).__name__, tuple(fingerprint(v) for v in value))
-    return ("python", repr(value))
-
-
-def outcome(comp, *args, **options):
-    try:
-        return ("value", fingerprint(fc.run(comp, *args, **options)))
-    except FedccError as error:
-        return ("error", type(error), str(error))
+    WORKERS.assert_all_gone(BOUND_SECONDS)
 
 
 def secure_sum(member: str, bound, uri: str = "federated_secure_sum") -> Lambda:

@@ -34,6 +34,17 @@ def load_example(name: str):
     return module
 
 
+def write_fedsgd_inputs(folder: Path, model: dict, data: list) -> tuple[Path, Path]:
+    """The FedSGD example's --args file (the model) and --clients folder (one batch a client)."""
+    args = folder / "args.npz"
+    np.savez(args, **{"arg0.w": model["w"], "arg0.b": model["b"]})
+    clients = folder / "clients"
+    clients.mkdir()
+    for index, batch in enumerate(data):
+        np.savez(clients / f"client_{index:03d}.npz", **batch)
+    return args, clients
+
+
 def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -114,14 +125,10 @@ def test_fedsgd_compile_dump_run_matches_the_in_process_round_bit_for_bit(tmp_pa
 
     model = {"w": np.array([0.25, -0.5, 1.0], np.float32), "b": np.float32(0.125)}
     data = example.client_data(5, seed=2)
-    np.savez(tmp_path / "args.npz", **{"arg0.w": model["w"], "arg0.b": model["b"]})
-    clients = tmp_path / "clients"
-    clients.mkdir()
-    for index, batch in enumerate(data):
-        np.savez(clients / f"client_{index:03d}.npz", **batch)
+    args, clients = write_fedsgd_inputs(tmp_path, model, data)
     out = tmp_path / "results.npz"
     ran = fedcc_command(
-        "run", str(pb), *backend, "--args", str(tmp_path / "args.npz"),
+        "run", str(pb), *backend, "--args", str(args),
         "--clients", str(clients), "--out", str(out),
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
@@ -266,15 +273,11 @@ def test_rounds_feed_the_state_back_and_print_each_rounds_metrics(tmp_path):
     assert compiled.returncode == 0, compiled.stderr
     model = {"w": np.array([0.25, -0.5, 1.0], np.float32), "b": np.float32(0.125)}
     data = example.client_data(4, seed=3)
-    np.savez(tmp_path / "args.npz", **{"arg0.w": model["w"], "arg0.b": model["b"]})
-    clients = tmp_path / "clients"
-    clients.mkdir()
-    for index, batch in enumerate(data):
-        np.savez(clients / f"client_{index:03d}.npz", **batch)
+    args, clients = write_fedsgd_inputs(tmp_path, model, data)
     out = tmp_path / "results.npz"
     ran = fedcc_command(
         "run", str(pb), "--backend", "processes", "--workers", "2", "--rounds", "3",
-        "--args", str(tmp_path / "args.npz"), "--clients", str(clients), "--out", str(out),
+        "--args", str(args), "--clients", str(clients), "--out", str(out),
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     losses = []
